@@ -1,0 +1,38 @@
+# Set-up is two commands on a fresh machine: `make demo` and `make test`.
+# Each creates .venv if needed, installs the pinned requirements and the
+# project, prepares the models into $DPSYNTH_CACHE (default ~/.cache/dpsynth),
+# then runs.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.dpsynth-installed
+
+.PHONY: demo test test-fast models install benchmark clean-venv
+
+demo: models
+	$(BIN)/dpsynth smoke
+
+test: models
+	$(BIN)/python -m pytest
+
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest -m "not slow"
+
+models: $(INSTALLED)
+	$(BIN)/dpsynth models prepare
+
+install: $(INSTALLED)
+
+$(INSTALLED): requirements.txt requirements.in setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+benchmark: models
+	$(BIN)/python benchmarks/lm_step.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,97 @@
+"""The `dpsynth` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from offline_models import registry
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed as one line, exit code 2."""
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.run(args) or 0
+    except (UsageError, registry.UnknownModelError, registry.ModelNotPreparedError) as error:
+        print(f"dpsynth: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dpsynth: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="dpsynth",
+        description="Differentially private synthetic text from private LM inference.")
+    commands = parser.add_subparsers(dest="command")
+
+    models = commands.add_parser("models", help="prepare and list the offline models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    prepare = model_commands.add_parser(
+        "prepare", help="install, convert and check the models (idempotent)")
+    prepare.add_argument("--lm", default=registry.DEFAULT_LM,
+                         help=f"known LM name ({', '.join(registry.KNOWN_LMS)}) or a local "
+                              f"keras-hub preset directory (default: {registry.DEFAULT_LM})")
+    prepare.add_argument("--encoder", default=registry.DEFAULT_ENCODER,
+                         help=f"known encoder name or preset directory (default: {registry.DEFAULT_ENCODER})")
+    prepare.set_defaults(run=_models_prepare)
+    listing = model_commands.add_parser("list", help="known models and whether they are prepared")
+    listing.set_defaults(run=_models_list)
+
+    smoke = commands.add_parser(
+        "smoke", help="embed three sentences and continue a prompt with the real models")
+    smoke.add_argument("--lm", default=registry.DEFAULT_LM)
+    smoke.add_argument("--encoder", default=registry.DEFAULT_ENCODER)
+    smoke.add_argument("--max_new_tokens", type=_positive_int, default=16)
+    smoke.set_defaults(run=_smoke)
+    return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _check_lm_reference(reference):
+    if reference not in registry.KNOWN_LMS:
+        registry.resolve_lm(reference)  # one-line error for an unknown name
+
+
+def _models_prepare(args):
+    _check_lm_reference(args.lm)
+    from offline_models.prepare import prepare
+
+    prepare(args.lm, args.encoder, say=lambda line: print(line, flush=True))
+
+
+def _models_list(args):
+    print(f"cache: {registry.cache_dir()}")
+    for model in [*registry.KNOWN_LMS.values(), *registry.KNOWN_ENCODERS.values()]:
+        state = "prepared" if registry.is_prepared(model.name) else "not prepared"
+        print(f"{model.name:14} {model.kind:8} {state:13} {model.description}; {model.license}")
+
+
+def _smoke(args):
+    from beam_pipeline.smoke import run_smoke
+
+    run_smoke(lm=args.lm, encoder=args.encoder, max_new_tokens=args.max_new_tokens)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Next-token logits from a keras-hub causal LM, with KV-cached decoding.
+
+DP generation needs, at every step, the next-token logits of many prompts of
+different lengths, each followed by a suffix that grows by one token per step
+(the suffix of its DP batch). keras-hub's own `generate()` samples inside the
+model, so it cannot serve a sampler that aggregates logits across rows; this
+module exposes the logits and keeps a key/value cache between steps.
+
+Rows are LEFT-padded to a common prompt length, so that every row writes its
+next token at the same cache index and one compiled step serves all rows.
+Left padding shifts a row's positions by a constant; rotary position
+embeddings depend only on position differences, so attention scores are
+unchanged, and the padded keys are masked out of every query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+import numpy as np
+
+_LOG = logging.getLogger(__name__)
+
+# Prompt and cache lengths are rounded up to these multiples so that a few
+# compiled shapes serve all batches instead of one compilation per length.
+PROMPT_LENGTH_BUCKET = 16
+CACHE_LENGTH_BUCKET = 16
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return max(multiple, -(-value // multiple) * multiple)
+
+
+@dataclasses.dataclass
+class DecodeState:
+    """What one cached decoding run carries from step to step."""
+
+    sequences: list            # per row: prompt ids followed by the ids fed so far
+    caches: list | None        # per layer: (rows, 2, cache_length, kv_heads, head_dim)
+    key_mask: object | None    # (rows, cache_length) 1 where a key is a real token
+    next_index: int            # cache index the next fed token is written to
+    cache_length: int
+    logits: np.ndarray         # (rows, vocabulary) for the next token
+
+    @property
+    def steps_left(self) -> int:
+        return self.cache_length - self.next_index
+
+
+class CausalLanguageModel:
+    """Serves last-position logits of a keras-hub CausalLM, recomputed or cached.
+
+    `cached=None` uses the KV cache when the architecture supports it (the
+    Llama family) and full recomputation otherwise; both give the same logits.
+    """
+
+    def __init__(self, keras_causal_lm, *, cached: bool | None = None,
+                 jit_compile: bool = True):
+        import tensorflow as tf
+
+        self.keras_model = keras_causal_lm
+        self.backbone = keras_causal_lm.backbone
+        self.tokenizer = keras_causal_lm.preprocessor.tokenizer
+        self.vocabulary_size = int(self.backbone.vocabulary_size)
+        supports_cache = self._supports_cache()
+        if cached and not supports_cache:
+            raise ValueError(
+                f"{type(self.backbone).__name__} has no cached decoding here; "
+                "use cached=None or False")
+        self.cached = supports_cache if cached is None else cached
+        self.end_token_ids = self._end_token_ids()
+        self._tf = tf
+        self._last_hidden = tf.function(self._last_hidden_eager, jit_compile=jit_compile,
+                                        reduce_retracing=True)
+        self._cached_forward = tf.function(self._cached_forward_eager,
+                                           jit_compile=jit_compile)
+
+    # --- text ----------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in np.asarray(self.tokenizer(text))]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        rows = self.tokenizer(list(texts))
+        rows = rows.to_list() if hasattr(rows, "to_list") else rows
+        return [[int(t) for t in np.asarray(row)] for row in rows]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        if len(token_ids) == 0:
+            return ""
+        text = self.tokenizer.detokenize(np.asarray(token_ids, dtype="int32"))
+        return _to_str(text)
+
+    def generate(self, requests):
+        """Runs `joint_decoding.GenerationRequest`s together (see that module).
+
+        A method of the model, so that a model shared across processes serves
+        a whole generation in one proxied call.
+        """
+        from offline_models.joint_decoding import generate_jointly
+
+        return generate_jointly(self, requests)
+
+    # --- logits by full recomputation -----------------------------------------
+
+    def next_token_logits(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """Logits of the token after each sequence, (rows, vocabulary), float32.
+
+        Rows are right-padded, so each row's positions start at 0; only the
+        last real position is projected onto the vocabulary, which keeps
+        large-vocabulary models from materialising (rows, length, vocabulary).
+        """
+        _check_nonempty(sequences)
+        length = _round_up(max(len(s) for s in sequences), PROMPT_LENGTH_BUCKET)
+        token_ids = np.zeros((len(sequences), length), dtype="int32")
+        padding_mask = np.zeros((len(sequences), length), dtype="int32")
+        for row, seq in enumerate(sequences):
+            token_ids[row, :len(seq)] = seq
+            padding_mask[row, :len(seq)] = 1
+        last = np.array([len(s) - 1 for s in sequences], dtype="int32")
+        return self._last_hidden(token_ids, padding_mask, last).numpy()
+
+    def _last_hidden_eager(self, token_ids, padding_mask, last_positions):
+        tf = self._tf
+        hidden = self.backbone({"token_ids": token_ids, "padding_mask": padding_mask})
+        last_hidden = tf.gather(hidden, last_positions, axis=1, batch_dims=1)
+        return self.backbone.token_embedding(last_hidden, reverse=True)
+
+    # --- cached decoding -------------------------------------------------------
+
+    def start(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> DecodeState:
+        """Reads the prompts and returns a state whose `.logits` predict token 1.
+
+        The cache has room for `max_new_tokens` fed tokens after the prompts.
+        """
+        _check_nonempty(prompts)
+        if not self.cached:
+            sequences = [list(p) for p in prompts]
+            return DecodeState(sequences, None, None, 0, max_new_tokens,
+                               self.next_token_logits(sequences))
+        tf = self._tf
+        prompt_length = _round_up(max(len(p) for p in prompts), PROMPT_LENGTH_BUCKET)
+        cache_length = _round_up(prompt_length + max_new_tokens, CACHE_LENGTH_BUCKET)
+        rows = len(prompts)
+        token_ids = np.zeros((rows, prompt_length), dtype="int32")
+        key_mask = np.ones((rows, cache_length), dtype="int32")
+        for row, prompt in enumerate(prompts):
+            pad = prompt_length - len(prompt)
+            token_ids[row, pad:] = prompt
+            key_mask[row, :pad] = 0
+        caches = [tf.zeros(self._layer_cache_shape(rows, cache_length), dtype="float32")
+                  for _ in self.backbone.transformer_layers]
+        key_mask = tf.constant(key_mask)
+        logits, caches = self._cached_forward(
+            tf.constant(token_ids), caches, key_mask, tf.constant(0, dtype="int32"))
+        return DecodeState([list(p) for p in prompts], list(caches), key_mask,
+                           prompt_length, cache_length, logits.numpy())
+
+    def advance(self, state: DecodeState, next_tokens: Sequence[int]) -> np.ndarray:
+        """Feeds one token per row; updates `state` and returns the new logits."""
+        next_tokens = np.asarray(next_tokens, dtype="int32").reshape(-1)
+        if next_tokens.shape[0] != len(state.sequences):
+            raise ValueError(f"expected {len(state.sequences)} tokens, got {next_tokens.shape[0]}")
+        if state.steps_left <= 0:
+            raise ValueError("the decoding cache is full: start() with a larger max_new_tokens")
+        for seq, token in zip(state.sequences, next_tokens):
+            seq.append(int(token))
+        if not self.cached:
+            state.next_index += 1
+            state.logits = self.next_token_logits(state.sequences)
+            return state.logits
+        tf = self._tf
+        logits, caches = self._cached_forward(
+            tf.constant(next_tokens[:, None]), state.caches, state.key_mask,
+            tf.constant(state.next_index, dtype="int32"))
+        state.caches = list(caches)
+        state.next_index += 1
+        state.logits = logits.numpy()
+        return state.logits
+
+    def _cached_forward_eager(self, token_ids, caches, key_mask, start_index):
+        tf = self._tf
+        x = self.backbone.token_embedding(token_ids)
+        query_length = tf.shape(token_ids)[1]
+        # (rows, queries, keys): a query may see every real key; causality
+        # relative to start_index is added by the decoder layer itself.
+        attention_mask = tf.repeat(key_mask[:, None, :], query_length, axis=1)
+        updated = []
+        for layer, cache in zip(self.backbone.transformer_layers, caches):
+            x, cache = layer(
+                x,
+                decoder_attention_mask=attention_mask,
+                self_attention_cache=cache,
+                self_attention_cache_update_index=start_index,
+            )
+            updated.append(cache)
+        hidden = self.backbone.layer_norm(x[:, -1, :])
+        return self.backbone.token_embedding(hidden, reverse=True), updated
+
+    def _layer_cache_shape(self, rows, cache_length):
+        backbone = self.backbone
+        head_dim = backbone.hidden_dim // backbone.num_query_heads
+        return (rows, 2, cache_length, backbone.num_key_value_heads, head_dim)
+
+    def _supports_cache(self) -> bool:
+        from keras_hub.src.models.llama.llama_backbone import LlamaBackbone
+
+        return isinstance(self.backbone, LlamaBackbone)
+
+    def _end_token_ids(self) -> frozenset:
+        ids = set()
+        for attribute in ("end_token_id", "end_token2_id"):
+            value = getattr(self.tokenizer, attribute, None)
+            if value is not None:
+                ids.add(int(value))
+        return frozenset(ids)
+
+
+def _check_nonempty(sequences):
+    if len(sequences) == 0:
+        raise ValueError("no sequences given")
+    for seq in sequences:
+        if len(seq) == 0:
+            raise ValueError("every sequence needs at least one token")
+
+
+def _to_str(value) -> str:
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)

@@ -1,0 +1,89 @@
+"""Advance many token-by-token generations with one model call per step.
+
+Each request is one generated sequence conditioned on several prompts (in DP
+generation: the seeds of one batch, plus the public prompt). At every step
+each request's chooser sees the next-token logits of its own rows and picks
+the one token that all its rows share next. Rows of all requests go through
+the model together, so the model always sees a large batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+
+class TokenChooser(Protocol):
+    def choose(self, step: int, logits: np.ndarray) -> int | None:
+        """The next token for all rows of a request, or None to stop.
+
+        `logits` is (rows of the request, vocabulary) for the token at `step`.
+        """
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    key: Any
+    prompts: Sequence[Sequence[int]]
+    chooser: TokenChooser
+    max_new_tokens: int
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    key: Any
+    token_ids: list
+    stopped_by: str      # "end_token", "chooser" or "max_new_tokens"
+    chooser: Any
+
+
+def generate_jointly(lm, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    """Runs all requests to completion; results are in request order."""
+    if not requests:
+        return []
+    for request in requests:
+        if not request.prompts:
+            raise ValueError(f"request {request.key!r} has no prompts")
+        if request.max_new_tokens < 1:
+            raise ValueError(f"request {request.key!r}: max_new_tokens must be >= 1")
+    row_slices, prompts = [], []
+    for request in requests:
+        row_slices.append(slice(len(prompts), len(prompts) + len(request.prompts)))
+        prompts.extend(request.prompts)
+    longest = max(r.max_new_tokens for r in requests)
+    # The last chosen token is never fed back, so the cache needs one slot less.
+    state = lm.start(prompts, max_new_tokens=max(1, longest - 1))
+    generated = [[] for _ in requests]
+    stopped_by = [None] * len(requests)
+    filler = np.zeros(len(prompts), dtype="int32")
+    for step in range(longest):
+        logits = state.logits
+        for index, request in enumerate(requests):
+            if stopped_by[index] is not None:
+                continue
+            token = request.chooser.choose(step, logits[row_slices[index]])
+            if token is None:
+                stopped_by[index] = "chooser"
+                continue
+            generated[index].append(int(token))
+            filler[row_slices[index]] = token
+            if int(token) in lm.end_token_ids:
+                stopped_by[index] = "end_token"
+            elif len(generated[index]) >= request.max_new_tokens:
+                stopped_by[index] = "max_new_tokens"
+        if all(reason is not None for reason in stopped_by):
+            break
+        # Finished requests keep their rows in the batch (fed their last
+        # token) so the compiled step keeps one shape; their logits are unused.
+        lm.advance(state, filler)
+    return [GenerationResult(r.key, generated[i], stopped_by[i], r.chooser)
+            for i, r in enumerate(requests)]
+
+
+class GreedyChooser:
+    """Picks the arg-max of the rows' mean logits: a non-private reference chooser."""
+
+    def choose(self, step, logits):
+        return int(np.argmax(logits.mean(axis=0)))

@@ -1,0 +1,80 @@
+"""Loads the models a run names: a known name, a local preset folder, or a tiny test model.
+
+Model references stay strings until a worker loads them, so that Beam model
+handlers carry only picklable configuration and import Keras late (Keras fixes
+its backend at first import).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+TINY_LM = "tiny-llama3"
+TINY_ENCODER = "tiny-bert"
+
+
+def use_tensorflow_backend():
+    """Keras reads its backend once, at first import; ours is TensorFlow."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def load_keras_causal_lm(reference: str):
+    """The keras-hub CausalLM behind a reference (see `registry.resolve_lm`)."""
+    use_tensorflow_backend()
+    if reference == TINY_LM:
+        from offline_models.tiny import tiny_llama3_causal_lm
+
+        return tiny_llama3_causal_lm()
+    from offline_models import registry
+
+    return load_keras_causal_lm_folder(registry.resolve_lm(reference))
+
+
+def load_keras_causal_lm_folder(folder: Path):
+    """Loads a converted (Hugging Face layout) or native keras-hub preset folder."""
+    use_tensorflow_backend()
+    import keras_hub
+
+    causal_lm = keras_hub.models.CausalLM.from_preset(str(folder), dtype="float32")
+    if not _adds_start_token(folder):
+        causal_lm.preprocessor.add_start_token = False
+    return causal_lm
+
+
+def load_causal_lm(reference: str, *, cached: bool | None = None):
+    """A `CausalLanguageModel` serving next-token logits for `reference`."""
+    from offline_models.causal_lm import CausalLanguageModel
+
+    return CausalLanguageModel(load_keras_causal_lm(reference), cached=cached)
+
+
+def load_sentence_encoder(reference: str, *, sequence_length: int = 128):
+    """A `SentenceEncoder` for `reference` (a known encoder name, a folder, or the tiny one)."""
+    use_tensorflow_backend()
+    from offline_models.encoder import SentenceEncoder
+
+    if reference == TINY_ENCODER:
+        from offline_models.tiny import tiny_bert_text_embedder
+
+        return SentenceEncoder(tiny_bert_text_embedder(sequence_length=sequence_length))
+    from offline_models import registry
+
+    folder = registry.resolve_encoder(reference)
+    import keras_hub
+
+    preprocessor = keras_hub.models.TextEmbedderPreprocessor.from_preset(
+        str(folder), sequence_length=sequence_length)
+    embedder = keras_hub.models.TextEmbedder.from_preset(str(folder), preprocessor=preprocessor)
+    return SentenceEncoder(embedder)
+
+
+def _adds_start_token(folder: Path) -> bool:
+    """False when the converted tokenizer says the model was trained without BOS."""
+    config_path = Path(folder) / "tokenizer_config.json"
+    if not config_path.exists():
+        return True
+    config = json.loads(config_path.read_text())
+    return bool(config.get("add_bos_token", True))

@@ -1,0 +1,116 @@
+"""RunInference model handlers for Keras 3 / keras-hub models.
+
+Beam ships no handler for Keras 3. These hold only picklable configuration
+(a model reference string and a few numbers) and import Keras inside
+`load_model`, because Keras fixes its backend at first import.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from offline_models.encoder import MAX_TEXTS_PER_CALL
+from offline_models.joint_decoding import GenerationRequest
+
+
+class SentenceEmbeddingHandler(ModelHandler[str, PredictionResult, Any]):
+    """Text in, unit-norm embedding (float32 numpy vector) out."""
+
+    def __init__(self, encoder: str, *, sequence_length: int = 128,
+                 max_batch_size: int = MAX_TEXTS_PER_CALL,
+                 share_across_processes: bool = False, model_copies: int = 1):
+        super().__init__()
+        if not 1 <= max_batch_size <= MAX_TEXTS_PER_CALL:
+            raise ValueError(f"max_batch_size must be in [1, {MAX_TEXTS_PER_CALL}]")
+        self._encoder = encoder
+        self._sequence_length = sequence_length
+        self._max_batch_size = max_batch_size
+        self._share = share_across_processes
+        self._copies = model_copies
+
+    def load_model(self):
+        from offline_models.loading import load_sentence_encoder
+
+        return load_sentence_encoder(self._encoder, sequence_length=self._sequence_length)
+
+    def run_inference(self, batch: Sequence[str], model, inference_args: Optional[dict] = None
+                      ) -> Iterable[PredictionResult]:
+        vectors = model.embed(list(batch))
+        return [PredictionResult(text, vector) for text, vector in zip(batch, vectors)]
+
+    def get_num_bytes(self, batch: Sequence[str]) -> int:
+        return sum(len(text.encode("utf-8")) for text in batch)
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self._share
+
+    def model_copies(self) -> int:
+        return self._copies
+
+    def get_metrics_namespace(self) -> str:
+        return "dpsynth_sentence_embedding"
+
+
+class CausalLmHandler(ModelHandler[Any, PredictionResult, Any]):
+    """Serves a causal LM in two ways, chosen per element.
+
+    - A token-id sequence (or a text, tokenised here): the inference is the
+      float32 next-token logit vector after its last position.
+    - A `GenerationRequest`: the inference is a `GenerationResult`. All
+      requests of a batch advance together through KV-cached decoding, so one
+      model call per step serves every row of every request.
+    """
+
+    def __init__(self, lm: str, *, max_batch_size: int = 16, cached: Optional[bool] = None,
+                 share_across_processes: bool = False, model_copies: int = 1):
+        super().__init__()
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._lm = lm
+        self._max_batch_size = max_batch_size
+        self._cached = cached
+        self._share = share_across_processes
+        self._copies = model_copies
+
+    def load_model(self):
+        from offline_models.loading import load_causal_lm
+
+        return load_causal_lm(self._lm, cached=self._cached)
+
+    def run_inference(self, batch: Sequence[Any], model, inference_args: Optional[dict] = None
+                      ) -> Iterable[PredictionResult]:
+        requests = [e for e in batch if isinstance(e, GenerationRequest)]
+        sequences = [e for e in batch if not isinstance(e, GenerationRequest)]
+        outputs = {}
+        if requests:
+            for request, result in zip(requests, model.generate(requests)):
+                outputs[id(request)] = result
+        if sequences:
+            token_lists = [model.encode(e) if isinstance(e, str) else list(e) for e in sequences]
+            for element, logits in zip(sequences, model.next_token_logits(token_lists)):
+                outputs[id(element)] = logits
+        return [PredictionResult(e, outputs[id(e)]) for e in batch]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        def rows(element):
+            if isinstance(element, GenerationRequest):
+                return sum(len(p) for p in element.prompts)
+            return len(element)
+        return 4 * sum(rows(e) for e in batch)
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self._share
+
+    def model_copies(self) -> int:
+        return self._copies
+
+    def get_metrics_namespace(self) -> str:
+        return "dpsynth_causal_lm"

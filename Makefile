@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.dpsynth-installed
 
-.PHONY: demo test test-fast models install benchmark clean-venv
+.PHONY: demo test test-fast test-gemma models install benchmark clean-venv
 
 demo: models
 	$(BIN)/dpsynth smoke
@@ -18,6 +18,11 @@ test: models
 
 test-fast: $(INSTALLED)
 	$(BIN)/python -m pytest -m "not slow"
+
+# The optional Gemma 3 270M model (Gemma Terms of Use): prepare it, run its tests.
+test-gemma: $(INSTALLED)
+	$(BIN)/dpsynth models prepare --lm gemma3-270m
+	$(BIN)/python -m pytest -m gemma
 
 models: $(INSTALLED)
 	$(BIN)/dpsynth models prepare

@@ -27,6 +27,9 @@ _LOG = logging.getLogger(__name__)
 # compiled shapes serve all batches instead of one compilation per length.
 PROMPT_LENGTH_BUCKET = 16
 CACHE_LENGTH_BUCKET = 16
+ROW_BUCKET = 8
+END_OF_DOCUMENT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>",
+                          "<eos>", "<end_of_turn>")
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -71,6 +74,11 @@ class CausalLanguageModel:
                 "use cached=None or False")
         self.cached = supports_cache if cached is None else cached
         self.end_token_ids = self._end_token_ids()
+        preprocessor = keras_causal_lm.preprocessor
+        start = getattr(self.tokenizer, "start_token_id", None)
+        # Gemma needs its BOS token; SmolLM2 was trained without one.
+        self._start = [int(start)] if start is not None and getattr(
+            preprocessor, "add_start_token", False) else []
         self._tf = tf
         self._last_hidden = tf.function(self._last_hidden_eager, jit_compile=jit_compile,
                                         reduce_retracing=True)
@@ -80,14 +88,15 @@ class CausalLanguageModel:
     # --- text ----------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        return [int(t) for t in np.asarray(self.tokenizer(text))]
+        """Token ids of a prompt, with the start token when the model was trained with one."""
+        return self._start + [int(t) for t in np.asarray(self.tokenizer(text))]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
         rows = self.tokenizer(list(texts))
         rows = rows.to_list() if hasattr(rows, "to_list") else rows
-        return [[int(t) for t in np.asarray(row)] for row in rows]
+        return [self._start + [int(t) for t in np.asarray(row)] for row in rows]
 
     def decode(self, token_ids: Sequence[int]) -> str:
         if len(token_ids) == 0:
@@ -116,13 +125,16 @@ class CausalLanguageModel:
         """
         _check_nonempty(sequences)
         length = _round_up(max(len(s) for s in sequences), PROMPT_LENGTH_BUCKET)
-        token_ids = np.zeros((len(sequences), length), dtype="int32")
-        padding_mask = np.zeros((len(sequences), length), dtype="int32")
+        rows = _round_up(len(sequences), ROW_BUCKET)
+        token_ids = np.zeros((rows, length), dtype="int32")
+        padding_mask = np.zeros((rows, length), dtype="int32")
+        padding_mask[:, 0] = 1  # padding rows: one token, so no row is all masked
+        last = np.zeros(rows, dtype="int32")
         for row, seq in enumerate(sequences):
             token_ids[row, :len(seq)] = seq
             padding_mask[row, :len(seq)] = 1
-        last = np.array([len(s) - 1 for s in sequences], dtype="int32")
-        return self._last_hidden(token_ids, padding_mask, last).numpy()
+            last[row] = len(seq) - 1
+        return self._last_hidden(token_ids, padding_mask, last).numpy()[:len(sequences)]
 
     def _last_hidden_eager(self, token_ids, padding_mask, last_positions):
         tf = self._tf
@@ -145,10 +157,13 @@ class CausalLanguageModel:
         tf = self._tf
         prompt_length = _round_up(max(len(p) for p in prompts), PROMPT_LENGTH_BUCKET)
         cache_length = _round_up(prompt_length + max_new_tokens, CACHE_LENGTH_BUCKET)
-        rows = len(prompts)
+        # Padding rows (copies of the first prompt, never read) keep the
+        # number of compiled shapes small when batches vary in size.
+        rows = _round_up(len(prompts), ROW_BUCKET)
+        padded_prompts = list(prompts) + [prompts[0]] * (rows - len(prompts))
         token_ids = np.zeros((rows, prompt_length), dtype="int32")
         key_mask = np.ones((rows, cache_length), dtype="int32")
-        for row, prompt in enumerate(prompts):
+        for row, prompt in enumerate(padded_prompts):
             pad = prompt_length - len(prompt)
             token_ids[row, pad:] = prompt
             key_mask[row, :pad] = 0
@@ -158,7 +173,7 @@ class CausalLanguageModel:
         logits, caches = self._cached_forward(
             tf.constant(token_ids), caches, key_mask, tf.constant(0, dtype="int32"))
         return DecodeState([list(p) for p in prompts], list(caches), key_mask,
-                           prompt_length, cache_length, logits.numpy())
+                           prompt_length, cache_length, logits.numpy()[:len(prompts)])
 
     def advance(self, state: DecodeState, next_tokens: Sequence[int]) -> np.ndarray:
         """Feeds one token per row; updates `state` and returns the new logits."""
@@ -174,12 +189,14 @@ class CausalLanguageModel:
             state.logits = self.next_token_logits(state.sequences)
             return state.logits
         tf = self._tf
+        padded = np.zeros(int(state.key_mask.shape[0]), dtype="int32")
+        padded[:len(next_tokens)] = next_tokens
         logits, caches = self._cached_forward(
-            tf.constant(next_tokens[:, None]), state.caches, state.key_mask,
+            tf.constant(padded[:, None]), state.caches, state.key_mask,
             tf.constant(state.next_index, dtype="int32"))
         state.caches = list(caches)
         state.next_index += 1
-        state.logits = logits.numpy()
+        state.logits = logits.numpy()[:len(next_tokens)]
         return state.logits
 
     def _cached_forward_eager(self, token_ids, caches, key_mask, start_index):
@@ -217,6 +234,15 @@ class CausalLanguageModel:
             value = getattr(self.tokenizer, attribute, None)
             if value is not None:
                 ids.add(int(value))
+        # A completion prompt ends its document with the end-of-text token,
+        # which chat-tuned vocabularies keep apart from their end-of-turn one.
+        for token in END_OF_DOCUMENT_TOKENS:
+            try:
+                token_id = self.tokenizer.token_to_id(token)
+            except (KeyError, ValueError, TypeError):
+                continue
+            if token_id is not None and 0 <= int(token_id) < self.vocabulary_size:
+                ids.add(int(token_id))
         return frozenset(ids)
 
 

@@ -26,17 +26,19 @@ class TokenChooser(Protocol):
 @dataclasses.dataclass
 class GenerationRequest:
     key: Any
-    prompts: Sequence[Sequence[int]]
+    prompts: Sequence[Sequence[int] | str]   # token ids, or texts the model tokenises
     chooser: TokenChooser
     max_new_tokens: int
+    stop_text: str | None = None             # generation ends once the text contains it
 
 
 @dataclasses.dataclass
 class GenerationResult:
     key: Any
     token_ids: list
-    stopped_by: str      # "end_token", "chooser" or "max_new_tokens"
+    stopped_by: str      # "end_token", "stop_text", "chooser" or "max_new_tokens"
     chooser: Any
+    text: str = ""       # decoded, without end tokens, cut before stop_text
 
 
 def generate_jointly(lm, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -51,7 +53,7 @@ def generate_jointly(lm, requests: Sequence[GenerationRequest]) -> list[Generati
     row_slices, prompts = [], []
     for request in requests:
         row_slices.append(slice(len(prompts), len(prompts) + len(request.prompts)))
-        prompts.extend(request.prompts)
+        prompts.extend(lm.encode(p) if isinstance(p, str) else list(p) for p in request.prompts)
     longest = max(r.max_new_tokens for r in requests)
     # The last chosen token is never fed back, so the cache needs one slot less.
     state = lm.start(prompts, max_new_tokens=max(1, longest - 1))
@@ -71,6 +73,8 @@ def generate_jointly(lm, requests: Sequence[GenerationRequest]) -> list[Generati
             filler[row_slices[index]] = token
             if int(token) in lm.end_token_ids:
                 stopped_by[index] = "end_token"
+            elif request.stop_text and request.stop_text in lm.decode(generated[index]):
+                stopped_by[index] = "stop_text"
             elif len(generated[index]) >= request.max_new_tokens:
                 stopped_by[index] = "max_new_tokens"
         if all(reason is not None for reason in stopped_by):
@@ -78,8 +82,16 @@ def generate_jointly(lm, requests: Sequence[GenerationRequest]) -> list[Generati
         # Finished requests keep their rows in the batch (fed their last
         # token) so the compiled step keeps one shape; their logits are unused.
         lm.advance(state, filler)
-    return [GenerationResult(r.key, generated[i], stopped_by[i], r.chooser)
+    return [GenerationResult(r.key, generated[i], stopped_by[i], r.chooser,
+                             _final_text(lm, generated[i], r.stop_text))
             for i, r in enumerate(requests)]
+
+
+def _final_text(lm, token_ids, stop_text):
+    text = lm.decode([t for t in token_ids if t not in lm.end_token_ids])
+    if stop_text and stop_text in text:
+        text = text[:text.index(stop_text)]
+    return text
 
 
 class GreedyChooser:

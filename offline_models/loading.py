@@ -7,7 +7,6 @@ its backend at first import).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -36,12 +35,9 @@ def load_keras_causal_lm(reference: str):
 def load_keras_causal_lm_folder(folder: Path):
     """Loads a converted (Hugging Face layout) or native keras-hub preset folder."""
     use_tensorflow_backend()
-    import keras_hub
+    from offline_models.quality import load_causal_lm as load_folder
 
-    causal_lm = keras_hub.models.CausalLM.from_preset(str(folder), dtype="float32")
-    if not _adds_start_token(folder):
-        causal_lm.preprocessor.add_start_token = False
-    return causal_lm
+    return load_folder(folder)
 
 
 def load_causal_lm(reference: str, *, cached: bool | None = None):
@@ -70,11 +66,3 @@ def load_sentence_encoder(reference: str, *, sequence_length: int = 128):
     embedder = keras_hub.models.TextEmbedder.from_preset(str(folder), preprocessor=preprocessor)
     return SentenceEncoder(embedder)
 
-
-def _adds_start_token(folder: Path) -> bool:
-    """False when the converted tokenizer says the model was trained without BOS."""
-    config_path = Path(folder) / "tokenizer_config.json"
-    if not config_path.exists():
-        return True
-    config = json.loads(config_path.read_text())
-    return bool(config.get("add_bos_token", True))

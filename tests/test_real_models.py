@@ -1,0 +1,68 @@
+"""Checks on the real converted models. `make test` prepares them first."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.test_causal_lm import MIXED_PROMPTS, _cached_vs_recomputed
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_ranks_paris_first(real_lm):
+    logits = real_lm.next_token_logits([real_lm.encode("The capital of France is")])[0]
+    assert real_lm.decode([int(np.argmax(logits))]) == " Paris"
+
+
+def test_smollm2_cached_decoding_matches_recomputation(real_lm):
+    assert real_lm.cached
+    assert _cached_vs_recomputed(real_lm, MIXED_PROMPTS, steps=5) <= 1e-3
+
+
+def test_minilm_puts_paraphrases_closer_than_unrelated_text(real_encoder):
+    a, b, c = real_encoder.embed([
+        "The waiter was friendly and the soup was delicious.",
+        "Our server was kind, and the soup tasted great.",
+        "The quarterly tax forms are due at the end of March.",
+    ])
+    np.testing.assert_allclose(np.linalg.norm([a, b, c], axis=1), 1.0, atol=1e-5)
+    assert a @ b > a @ c + 0.3
+
+
+def _dpsynth(*args):
+    return subprocess.run([sys.executable, "-m", "beam_pipeline.cli", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_second_prepare_is_a_no_op():
+    result = _dpsynth("models", "prepare")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines and all("nothing to do" in line for line in lines), result.stdout
+
+
+def test_smoke_demo_prints_embeddings_and_a_continuation_within_4gb():
+    result = _dpsynth("smoke", "--max_new_tokens", "8")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "3 sentences -> 384 dimensions" in out
+    assert "KV-cached decoding" in out and "->" in out
+    peak = float(out.rsplit("peak RSS", 1)[1].split("GB")[0])
+    assert peak <= 4.0
+
+
+@pytest.mark.gemma
+def test_gemma3_serves_logits_and_generation_through_the_runtime():
+    from offline_models.joint_decoding import GenerationRequest, GreedyChooser
+    from offline_models.loading import load_causal_lm
+
+    lm = load_causal_lm("gemma3-270m")
+    assert lm.vocabulary_size == 262144 and not lm.cached  # recomputed: no Gemma cache here
+    prompt = lm.encode("The capital of France is the city of")
+    logits = lm.next_token_logits([prompt, lm.encode("Hello")])
+    assert logits.shape == (2, 262144)
+    assert lm.decode([int(np.argmax(logits[0]))]) == " Paris"
+    [result] = lm.generate([GenerationRequest("g", [prompt], GreedyChooser(), 3)])
+    assert result.token_ids[0] == int(np.argmax(logits[0]))

@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.dpsynth-installed
 .PHONY: demo test test-fast test-gemma models install benchmark clean-venv
 
 demo: models
-	$(BIN)/dpsynth smoke
+	$(BIN)/dpsynth demo
 
 test: models
 	$(BIN)/python -m pytest

@@ -16,6 +16,9 @@ class UsageError(Exception):
 
 def main(argv=None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        return _guarded(lambda: _run_job(argv[1:]))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -48,6 +51,20 @@ def _parser():
     prepare.set_defaults(run=_models_prepare)
     listing = model_commands.add_parser("list", help="known models and whether they are prepared")
     listing.set_defaults(run=_models_list)
+
+    run = commands.add_parser(
+        "run", add_help=False,
+        help="run the DP synthetic-data job (dpsynth run --help lists every option)")
+    run.set_defaults(run=_run)
+
+    demo = commands.add_parser(
+        "demo", help="run the whole job on a sample of the bundled Yelp reviews (real models)")
+    demo.add_argument("--records", type=_positive_int, default=400,
+                      help="records of the sample (default 400)")
+    demo.add_argument("--input", default=None, help="the Yelp CSV (default: the shared sample)")
+    demo.add_argument("--output", default=None, help="output directory (default: output/demo)")
+    demo.add_argument("--run_secret", default=None)
+    demo.set_defaults(run=_demo)
 
     smoke = commands.add_parser(
         "smoke", help="embed three sentences and continue a prompt with the real models")
@@ -85,6 +102,60 @@ def _models_list(args):
     for model in [*registry.KNOWN_LMS.values(), *registry.KNOWN_ENCODERS.values()]:
         state = "prepared" if registry.is_prepared(model.name) else "not prepared"
         print(f"{model.name:14} {model.kind:8} {state:13} {model.description}; {model.license}")
+
+
+def _run(args):  # reached only through main's "run" branch
+    raise UsageError("use: dpsynth run --input ... --output ...")
+
+
+def _run_job(argv):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipeline.options import DpSynthOptions
+
+    if "--help" in argv or "-h" in argv or not argv:
+        import argparse as _argparse
+
+        parser = _argparse.ArgumentParser(
+            prog="dpsynth run", formatter_class=_argparse.ArgumentDefaultsHelpFormatter,
+            description="Turn a sensitive text dataset into differentially private synthetic "
+                        "records. Any Apache Beam pipeline option (--runner, --project, ...) "
+                        "is accepted too.")
+        DpSynthOptions._add_argparse_args(parser)
+        parser.print_help()
+        return 0 if argv else EXIT_USAGE
+    from beam_pipeline.run import configure_logging, run
+
+    configure_logging()
+    run(argv)
+    return 0
+
+
+def _guarded(action):
+    from beam_pipeline.plan import PlanError
+
+    try:
+        return action() or 0
+    except (UsageError, PlanError, registry.UnknownModelError,
+            registry.ModelNotPreparedError) as error:
+        print(f"dpsynth: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dpsynth: interrupted", file=sys.stderr)
+        return 130
+
+
+def _demo(args):
+    from pathlib import Path
+
+    from beam_pipeline import demo
+
+    input_path = Path(args.input) if args.input else demo.DEFAULT_INPUT
+    if not input_path.is_file():
+        raise UsageError(f"the demo data {input_path} is missing: pass --input PATH")
+    output = Path(args.output) if args.output else demo.DEFAULT_OUTPUT
+    return _guarded(lambda: demo.run_demo(input_path=input_path, output=output,
+                                          records=args.records, secret=args.run_secret) and 0)
 
 
 def _smoke(args):

@@ -28,6 +28,7 @@ _LOG = logging.getLogger(__name__)
 PROMPT_LENGTH_BUCKET = 16
 CACHE_LENGTH_BUCKET = 16
 ROW_BUCKET = 8
+PREFILL_ROWS = 8  # a multiple of ROW_BUCKET, so every chunk is full
 END_OF_DOCUMENT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>",
                           "<eos>", "<end_of_turn>")
 
@@ -161,19 +162,34 @@ class CausalLanguageModel:
         # number of compiled shapes small when batches vary in size.
         rows = _round_up(len(prompts), ROW_BUCKET)
         padded_prompts = list(prompts) + [prompts[0]] * (rows - len(prompts))
-        token_ids = np.zeros((rows, prompt_length), dtype="int32")
         key_mask = np.ones((rows, cache_length), dtype="int32")
         for row, prompt in enumerate(padded_prompts):
-            pad = prompt_length - len(prompt)
-            token_ids[row, pad:] = prompt
-            key_mask[row, :pad] = 0
-        caches = [tf.zeros(self._layer_cache_shape(rows, cache_length), dtype="float32")
-                  for _ in self.backbone.transformer_layers]
-        key_mask = tf.constant(key_mask)
-        logits, caches = self._cached_forward(
-            tf.constant(token_ids), caches, key_mask, tf.constant(0, dtype="int32"))
-        return DecodeState([list(p) for p in prompts], list(caches), key_mask,
-                           prompt_length, cache_length, logits.numpy()[:len(prompts)])
+            key_mask[row, :prompt_length - len(prompt)] = 0
+        # Prefill in chunks of rows of similar length: a chunk computes only
+        # its own longest prompt, written at the end of the shared prompt
+        # window, which saves the padding work and bounds the activations.
+        order = sorted(range(rows), key=lambda r: -len(padded_prompts[r]))
+        chunk_caches, chunk_logits = [], []
+        for begin in range(0, rows, PREFILL_ROWS):
+            chunk = order[begin:begin + PREFILL_ROWS]
+            chunk_length = _round_up(max(len(padded_prompts[r]) for r in chunk),
+                                     PROMPT_LENGTH_BUCKET)
+            token_ids = np.zeros((len(chunk), chunk_length), dtype="int32")
+            for i, r in enumerate(chunk):
+                token_ids[i, chunk_length - len(padded_prompts[r]):] = padded_prompts[r]
+            caches = [tf.zeros(self._layer_cache_shape(len(chunk), cache_length), "float32")
+                      for _ in self.backbone.transformer_layers]
+            logits, caches = self._cached_forward(
+                tf.constant(token_ids), caches, tf.constant(key_mask[chunk]),
+                tf.constant(prompt_length - chunk_length, dtype="int32"))
+            chunk_caches.append(caches)
+            chunk_logits.append(logits.numpy())
+        restore = np.argsort(order)
+        caches = [tf.gather(tf.concat([c[layer] for c in chunk_caches], axis=0), restore)
+                  for layer in range(len(self.backbone.transformer_layers))]
+        logits = np.concatenate(chunk_logits)[restore]
+        return DecodeState([list(p) for p in prompts], caches, tf.constant(key_mask),
+                           prompt_length, cache_length, logits[:len(prompts)])
 
     def advance(self, state: DecodeState, next_tokens: Sequence[int]) -> np.ndarray:
         """Feeds one token per row; updates `state` and returns the new logits."""

@@ -7,7 +7,9 @@ its backend at first import).
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from pathlib import Path
 
 TINY_LM = "tiny-llama3"
@@ -40,6 +42,28 @@ def load_keras_causal_lm_folder(folder: Path):
     return load_folder(folder)
 
 
+_LOAD_LOCK = threading.Lock()
+
+
+def _shared_per_process(load):
+    """One copy of each model per process, however many pipeline stages use it.
+
+    A job runs several RunInference stages over the same LM or encoder (the
+    public corpus, the private records); each would otherwise hold its own
+    copy of the weights and of the compiled steps.
+    """
+    cached_load = functools.lru_cache(maxsize=None)(load)
+
+    @functools.wraps(load)
+    def wrapper(*args, **kwargs):
+        with _LOAD_LOCK:
+            return cached_load(*args, **kwargs)
+
+    wrapper.cache_clear = cached_load.cache_clear
+    return wrapper
+
+
+@_shared_per_process
 def load_causal_lm(reference: str, *, cached: bool | None = None):
     """A `CausalLanguageModel` serving next-token logits for `reference`."""
     from offline_models.causal_lm import CausalLanguageModel
@@ -47,6 +71,7 @@ def load_causal_lm(reference: str, *, cached: bool | None = None):
     return CausalLanguageModel(load_keras_causal_lm(reference), cached=cached)
 
 
+@_shared_per_process
 def load_sentence_encoder(reference: str, *, sequence_length: int = 128):
     """A `SentenceEncoder` for `reference` (a known encoder name, a folder, or the tiny one)."""
     use_tensorflow_backend()

@@ -66,3 +66,27 @@ def test_gemma3_serves_logits_and_generation_through_the_runtime():
     assert lm.decode([int(np.argmax(logits[0]))]) == " Paris"
     [result] = lm.generate([GenerationRequest("g", [prompt], GreedyChooser(), 3)])
     assert result.token_ids[0] == int(np.argmax(logits[0]))
+
+
+def test_real_models_end_to_end(tmp_path):
+    """SmolLM2 + MiniLM through the whole job: 40 Yelp records, 8 tokens."""
+    import json
+
+    from beam_pipeline.demo import DEFAULT_INPUT
+    from beam_pipeline.run import run
+
+    out = tmp_path / "out"
+    summary = run(["--input", str(DEFAULT_INPUT), "--output", str(out), "--max_records", "40",
+                   "--clustering", "public_centers", "--aggregator", "median",
+                   "--public_corpus_size", "8", "--public_centers", "2", "--kept_centers", "2",
+                   "--histogram_noise", "1", "--batch_size", "8", "--max_new_tokens", "8",
+                   "--clip", "4", "--run_secret", "5eed"], say=lambda _: None)
+    assert summary["records_accepted"] == 40 and summary["records_rejected"] == 0
+    assert summary["records_over_max_records"] == 4960
+    assert summary["synthetic_records"] == summary["planned_batches"] >= 2
+    lines = [json.loads(line) for path in out.glob("synthetic-*.jsonl")
+             for line in path.read_text().splitlines()]
+    assert len(lines) == summary["synthetic_records"]
+    assert sum(len(line["text"].split()) for line in lines) >= len(lines)  # real words came out
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["ex_post"]["generation"]["total_epsilon"]["max"] <= report["formal_epsilon"]

@@ -15,25 +15,54 @@ from offline_models.encoder import MAX_TEXTS_PER_CALL
 from offline_models.joint_decoding import GenerationRequest
 
 
-class SentenceEmbeddingHandler(ModelHandler[str, PredictionResult, Any]):
-    """Text in, unit-norm embedding (float32 numpy vector) out."""
+class _KerasModelHandler(ModelHandler[Any, PredictionResult, Any]):
+    """What both handlers share: picklable settings and explicit RunInference hooks."""
 
-    def __init__(self, encoder: str, *, sequence_length: int = 128,
-                 max_batch_size: int = MAX_TEXTS_PER_CALL,
-                 share_across_processes: bool = False, model_copies: int = 1):
+    metrics_namespace = "dpsynth"
+
+    def __init__(self, model: str, *, max_batch_size: int, share_across_processes: bool,
+                 model_copies: int):
         super().__init__()
-        if not 1 <= max_batch_size <= MAX_TEXTS_PER_CALL:
-            raise ValueError(f"max_batch_size must be in [1, {MAX_TEXTS_PER_CALL}]")
-        self._encoder = encoder
-        self._sequence_length = sequence_length
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._model = model
         self._max_batch_size = max_batch_size
         self._share = share_across_processes
         self._copies = model_copies
 
+    def batch_elements_kwargs(self):
+        # Fixed-size batches: Beam's adaptive batching starts at one element,
+        # and every new batch shape costs these models a compilation.
+        return {"min_batch_size": self._max_batch_size, "max_batch_size": self._max_batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self._share
+
+    def model_copies(self) -> int:
+        return self._copies
+
+    def get_metrics_namespace(self) -> str:
+        return self.metrics_namespace
+
+
+class SentenceEmbeddingHandler(_KerasModelHandler):
+    """Text in, unit-norm embedding (float32 numpy vector) out."""
+
+    metrics_namespace = "dpsynth_sentence_embedding"
+
+    def __init__(self, encoder: str, *, sequence_length: int = 128,
+                 max_batch_size: int = MAX_TEXTS_PER_CALL,
+                 share_across_processes: bool = False, model_copies: int = 1):
+        if max_batch_size > MAX_TEXTS_PER_CALL:
+            raise ValueError(f"max_batch_size must be at most {MAX_TEXTS_PER_CALL}")
+        super().__init__(encoder, max_batch_size=max_batch_size,
+                         share_across_processes=share_across_processes, model_copies=model_copies)
+        self._sequence_length = sequence_length
+
     def load_model(self):
         from offline_models.loading import load_sentence_encoder
 
-        return load_sentence_encoder(self._encoder, sequence_length=self._sequence_length)
+        return load_sentence_encoder(self._model, sequence_length=self._sequence_length)
 
     def run_inference(self, batch: Sequence[str], model, inference_args: Optional[dict] = None
                       ) -> Iterable[PredictionResult]:
@@ -43,20 +72,8 @@ class SentenceEmbeddingHandler(ModelHandler[str, PredictionResult, Any]):
     def get_num_bytes(self, batch: Sequence[str]) -> int:
         return sum(len(text.encode("utf-8")) for text in batch)
 
-    def batch_elements_kwargs(self):
-        return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
 
-    def share_model_across_processes(self) -> bool:
-        return self._share
-
-    def model_copies(self) -> int:
-        return self._copies
-
-    def get_metrics_namespace(self) -> str:
-        return "dpsynth_sentence_embedding"
-
-
-class CausalLmHandler(ModelHandler[Any, PredictionResult, Any]):
+class CausalLmHandler(_KerasModelHandler):
     """Serves a causal LM in two ways, chosen per element.
 
     - A token-id sequence (or a text, tokenised here): the inference is the
@@ -66,21 +83,18 @@ class CausalLmHandler(ModelHandler[Any, PredictionResult, Any]):
       model call per step serves every row of every request.
     """
 
+    metrics_namespace = "dpsynth_causal_lm"
+
     def __init__(self, lm: str, *, max_batch_size: int = 16, cached: Optional[bool] = None,
                  share_across_processes: bool = False, model_copies: int = 1):
-        super().__init__()
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
-        self._lm = lm
-        self._max_batch_size = max_batch_size
+        super().__init__(lm, max_batch_size=max_batch_size,
+                         share_across_processes=share_across_processes, model_copies=model_copies)
         self._cached = cached
-        self._share = share_across_processes
-        self._copies = model_copies
 
     def load_model(self):
         from offline_models.loading import load_causal_lm
 
-        return load_causal_lm(self._lm, cached=self._cached)
+        return load_causal_lm(self._model, cached=self._cached)
 
     def run_inference(self, batch: Sequence[Any], model, inference_args: Optional[dict] = None
                       ) -> Iterable[PredictionResult]:
@@ -102,15 +116,3 @@ class CausalLmHandler(ModelHandler[Any, PredictionResult, Any]):
                 return sum(len(p) for p in element.prompts)
             return len(element)
         return 4 * sum(rows(e) for e in batch)
-
-    def batch_elements_kwargs(self):
-        return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
-
-    def share_model_across_processes(self) -> bool:
-        return self._share
-
-    def model_copies(self) -> int:
-        return self._copies
-
-    def get_metrics_namespace(self) -> str:
-        return "dpsynth_causal_lm"

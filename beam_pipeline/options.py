@@ -1,0 +1,120 @@
+"""Typed pipeline options: every data and method parameter of a run."""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from offline_models import registry
+
+DEFAULT_TEMPLATE = "Review ({label}):\n{text}\n\nAnother review ({label}):\n"
+DEFAULT_UNLABELLED_TEMPLATE = "Review:\n{text}\n\nAnother review:\n"
+CLUSTERINGS = ("uniform", "public_centers", "dp_kmeans")
+AGGREGATORS = ("mean", "median")
+
+
+class DpSynthOptions(PipelineOptions):
+    """Options of `dpsynth run`; the names follow docs/privacy.md and METHOD.md."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        data = parser.add_argument_group("data")
+        data.add_argument("--input", help="input file or glob, local or gs:// (JSONL, CSV, "
+                                          "Parquet or plain text, by extension)")
+        data.add_argument("--input_format", default=None,
+                          help="jsonl, csv, parquet or text; default: from the file extension")
+        data.add_argument("--output", help="output directory, local or gs://")
+        data.add_argument("--text_column", default="text", help="column holding the text")
+        data.add_argument("--label_column", default=None,
+                          help="optional label column: clustering and batching run per label, "
+                               "and the prompt and the output carry the label")
+        data.add_argument("--label_values", default=None,
+                          help="the PUBLIC set of label values, comma-separated or @file with "
+                               "one per line; records with other labels are rejected. Without "
+                               "it the observed labels are used and the report says so")
+        data.add_argument("--id_column", default=None,
+                          help="record id column (default: file name and row number)")
+        data.add_argument("--privacy_unit_column", default=None,
+                          help="column naming the person (or other unit) a record belongs to; "
+                               "each unit then contributes one record")
+        data.add_argument("--max_records", type=int, default=None,
+                          help="use only the first N records, in file and row order")
+        data.add_argument("--max_chars", type=int, default=2000,
+                          help="longest text used; see --over_length")
+        data.add_argument("--over_length", choices=("truncate", "reject"), default="truncate",
+                          help="what to do with texts over --max_chars")
+
+        method = parser.add_argument_group("method")
+        method.add_argument("--clustering", choices=CLUSTERINGS, default="public_centers",
+                            help="uniform (one cluster, 2024 method), public_centers (k-means "
+                                 "on a public corpus, 2025 method) or dp_kmeans")
+        method.add_argument("--aggregator", choices=AGGREGATORS, default="median",
+                            help="clipped mean (formal guarantee) or coordinate-wise median "
+                                 "(ex-post guarantee, reported beside its formal worst case)")
+        method.add_argument("--batch_size", type=int, default=8,
+                            help="s, the expected number of records per batch")
+        method.add_argument("--temperature", type=float, default=1.0,
+                            help="tau: tokens are sampled from softmax(aggregate / tau)")
+        method.add_argument("--clip", type=float, default=10.0,
+                            help="c: logits are re-centred so the top is c and clipped at -c")
+        method.add_argument("--max_new_tokens", type=int, default=64,
+                            help="tokens generated per synthetic record at most")
+        method.add_argument("--top_k", type=int, default=None,
+                            help="keep only the k tokens the public prompt ranks highest "
+                                 "(free: public data only)")
+        method.add_argument("--public_tokens", action="store_true",
+                            help="sparse-vector gate: emit free tokens from the public prompt "
+                                 "while it agrees with the batch")
+        method.add_argument("--gate_threshold", type=float, default=0.5,
+                            help="gate threshold on the L1 distance between distributions")
+        method.add_argument("--gate_noise", type=float, default=0.2,
+                            help="gate Laplace scale sigma (threshold noise; the distance gets 2 sigma)")
+        method.add_argument("--max_private_tokens", type=int, default=None,
+                            help="r_max: private tokens per batch at most with the gate "
+                                 "(default: --max_new_tokens)")
+        method.add_argument("--public_temperature", type=float, default=1.0,
+                            help="temperature of free public tokens")
+        method.add_argument("--prompt_template", default=None,
+                            help="completion prompt with {text} and, with labels, {label}; "
+                                 "the public prompt is the same with empty text")
+        method.add_argument("--stop_text", default="\n\n",
+                            help="a synthetic text ends where the model writes this")
+
+        clustering = parser.add_argument_group("clustering")
+        clustering.add_argument("--public_input", default=None,
+                                help="public corpus for public_centers (text column as --text_column); "
+                                     "default: texts the LM writes from the public prompt")
+        clustering.add_argument("--public_corpus_size", type=int, default=48,
+                                help="texts generated for the public corpus")
+        clustering.add_argument("--public_centers", type=int, default=16,
+                                help="k0, centres fitted on the public corpus (per label)")
+        clustering.add_argument("--kept_centers", type=int, default=8,
+                                help="k', centres kept by noisy histogram (per label)")
+        clustering.add_argument("--histogram_noise", type=float, default=2.0,
+                                help="sigma of the Gaussian noise on every cluster count")
+        clustering.add_argument("--kmeans_clusters", type=int, default=8,
+                                help="clusters of dp_kmeans (per label)")
+        clustering.add_argument("--kmeans_rounds", type=int, default=3,
+                                help="noisy Lloyd rounds of dp_kmeans")
+        clustering.add_argument("--kmeans_sum_noise", type=float, default=4.0,
+                                help="sigma of the Gaussian noise on dp_kmeans sums")
+        clustering.add_argument("--kmeans_count_noise", type=float, default=4.0,
+                                help="sigma of the Gaussian noise on dp_kmeans counts")
+
+        privacy = parser.add_argument_group("privacy")
+        privacy.add_argument("--delta", type=float, default=1e-6, help="delta of (epsilon, delta)")
+        privacy.add_argument("--target_epsilon", type=float, default=None,
+                             help="refuse to run if the formal epsilon would exceed this")
+        privacy.add_argument("--run_secret", default=None,
+                             help="key of all noise, sampling and hashing (hex); default: fresh "
+                                  "from the OS. Set it only for reproducible tests: whoever "
+                                  "knows it can reproduce the noise")
+
+        models = parser.add_argument_group("models")
+        models.add_argument("--lm", default=registry.DEFAULT_LM,
+                            help=f"LM: {', '.join(registry.KNOWN_LMS)} or a keras-hub preset directory")
+        models.add_argument("--encoder", default=registry.DEFAULT_ENCODER,
+                            help="sentence encoder: minilm-l6 or a keras-hub preset directory")
+        models.add_argument("--encoder_sequence_length", type=int, default=128,
+                            help="tokens the encoder reads per text")
+        models.add_argument("--generation_batches_per_call", type=int, default=8,
+                            help="DP batches advanced together by one model call per step")

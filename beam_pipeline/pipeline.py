@@ -1,0 +1,101 @@
+"""The whole job in one function: read, bound, embed, cluster, batch, generate, write."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from beam_pipeline.plan import GENERATION_STAGE, RunPlan, plan_ledger
+from transforms.assign_to_batches import AssignToBatches
+from transforms.cluster import PUBLIC_CENTERS, Cluster
+from transforms.embed import BoundContributions, EmbedRecords
+from transforms.generate import GenerateSynthetic
+from transforms.public_corpus import GeneratePublicCorpus, PublicCentres
+from transforms.read import REJECTED_TAG, SKIPPED_TAG, ReadRecords
+from transforms.report import WriteReports
+from transforms.write import WriteJsonLines
+
+
+def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
+    read = pipeline | "ReadRecords" >> ReadRecords(
+        plan.input, plan.schema, input_format=plan.input_format, label_values=plan.labels,
+        max_records=plan.max_records)
+    records = read["records"]
+    if plan.schema.unit_column:
+        records = records | "BoundContributions" >> BoundContributions(plan.secret)
+    embedded = records | "EmbedRecords" >> EmbedRecords(
+        plan.encoder, sequence_length=plan.encoder_sequence_length)
+    public_centres = None
+    if plan.clustering.mode == PUBLIC_CENTERS:
+        public_centres = pipeline | "PublicCentres" >> _public_centres(plan)
+    clusters = embedded | "Cluster" >> Cluster(plan.clustering, plan.secret, public_centres)
+    release = clusters["release"]
+    batches = clusters["clustered"] | "AssignToBatches" >> AssignToBatches(
+        release, expected_batch_size=plan.generation.expected_batch_size, secret=plan.secret)
+    total_batches = release | "TotalBatches" >> beam.Map(
+        lambda r: sum(r.batch_counts(plan.generation.expected_batch_size).values()))
+    synthetic = batches | "GenerateSynthetic" >> GenerateSynthetic(
+        plan.generation, lm=plan.lm, template=plan.template, secret=plan.secret,
+        stop_text=plan.stop_text, total_batches=total_batches,
+        batches_per_call=plan.batches_per_call)
+
+    synthetic | "WriteSynthetic" >> WriteJsonLines(plan.output, "synthetic",
+                                                   lambda r: r.to_output())
+    read[REJECTED_TAG] | "WriteRejected" >> WriteJsonLines(
+        plan.output, "rejected", lambda r: {"source": r.source, "reason": r.reason,
+                                            "raw_excerpt": r.raw_excerpt})
+    counts = [
+        _count(read["records"], "records_accepted"),
+        _count(read[REJECTED_TAG], "records_rejected"),
+        _count(read[SKIPPED_TAG], "records_over_max_records"),
+        _count(records, "records_after_unit_bound"),
+        _count(embedded, "records_embedded"),
+        _count(batches | "Members" >> beam.FlatMap(lambda b: b.members), "records_batched"),
+        _count(synthetic, "synthetic_records"),
+    ]
+    {"synthetic": synthetic, "release": release,
+     "counts": counts | "AllCounts" >> beam.Flatten()} | "WriteReports" >> WriteReports(
+        plan.output, lambda: plan_ledger(plan), generation_stage=GENERATION_STAGE,
+        parameters=report_parameters(plan))
+
+
+def _public_centres(plan: RunPlan) -> PublicCentres:
+    corpus = None
+    if not plan.public_input:
+        corpus = GeneratePublicCorpus(
+            lm=plan.lm, template=plan.template, labels=plan.labels,
+            size=plan.public_corpus_size, max_new_tokens=plan.generation.max_new_tokens,
+            temperature=1.0, secret=plan.secret, stop_text=plan.stop_text,
+            batches_per_call=plan.batches_per_call)
+    return PublicCentres(public_input=plan.public_input, text_column=plan.schema.text_column,
+                         encoder=plan.encoder, encoder_sequence_length=plan.encoder_sequence_length,
+                         centres=plan.public_centers, corpus=corpus)
+
+
+def _count(pcoll, name: str):
+    return (pcoll
+            | f"Count {name}" >> beam.combiners.Count.Globally()
+            | f"Name {name}" >> beam.Map(lambda n: (name, n)))
+
+
+def report_parameters(plan: RunPlan) -> dict:
+    g, c = plan.generation, plan.clustering
+    parameters = {
+        "clustering": c.mode, "aggregator": g.aggregator, "batch_size": g.expected_batch_size,
+        "temperature": g.temperature, "clip": g.clip, "max_new_tokens": g.max_new_tokens,
+        "top_k": g.top_k, "public_tokens": g.public_tokens, "delta": plan.delta,
+        "histogram_noise": c.histogram_noise, "lm": plan.lm, "encoder": plan.encoder,
+        "prompt_template": plan.template, "labels": list(plan.labels) if plan.labels else None,
+        "run_secret": "fixed by --run_secret" if plan.secret_is_fixed else "fresh from the OS",
+    }
+    if g.public_tokens:
+        parameters.update(gate_threshold=g.gate_threshold, gate_noise=g.gate_noise,
+                          max_private_tokens=g.private_token_cap)
+    if c.mode == PUBLIC_CENTERS:
+        parameters.update(public_centers=plan.public_centers, kept_centers=c.kept_centers,
+                          public_corpus=plan.public_input or
+                          f"{plan.public_corpus_size} texts from the public prompt")
+    if c.mode == "dp_kmeans":
+        parameters.update(kmeans_clusters=c.kmeans_clusters, kmeans_rounds=c.kmeans_rounds,
+                          kmeans_sum_noise=c.kmeans_sum_noise,
+                          kmeans_count_noise=c.kmeans_count_noise)
+    return parameters

@@ -1,0 +1,171 @@
+"""From options to a validated run plan and its privacy ledger, before any data is read."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from beam_pipeline import options as opts
+from transforms.accounting import PrivacyLedger
+from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, UNIFORM, ClusteringConfig
+from transforms.private_generation import GenerationConfig, check_template
+from transforms.randomness import new_run_secret
+from transforms.records import FORMATS, RecordSchema
+
+GENERATION_STAGE = "generation"
+
+
+class PlanError(ValueError):
+    """A configuration mistake; its message is one line that says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    input: str
+    input_format: str | None
+    output: str
+    schema: RecordSchema
+    labels: tuple | None
+    max_records: int | None
+    clustering: ClusteringConfig
+    generation: GenerationConfig
+    template: str
+    stop_text: str | None
+    public_input: str | None
+    public_corpus_size: int
+    public_centers: int
+    lm: str
+    encoder: str
+    encoder_sequence_length: int
+    batches_per_call: int
+    delta: float
+    target_epsilon: float | None
+    secret: str = dataclasses.field(repr=False)
+    secret_is_fixed: bool = False
+
+    @property
+    def privacy_unit(self) -> str:
+        if self.schema.unit_column:
+            return f"one privacy unit (column '{self.schema.unit_column}'), one record each"
+        return "one input record"
+
+
+def make_plan(options: opts.DpSynthOptions) -> RunPlan:
+    o = options.view_as(opts.DpSynthOptions)
+    if not o.input:
+        raise PlanError("--input is required: a file or glob of records")
+    if not o.output:
+        raise PlanError("--output is required: a directory for the results")
+    if o.input_format and o.input_format not in FORMATS:
+        raise PlanError(f"--input_format must be one of {', '.join(FORMATS)}")
+    _require(o.batch_size >= 2, f"--batch_size must be at least 2, got {o.batch_size}")
+    _require(o.temperature > 0, "--temperature must be > 0")
+    _require(o.clip > 0, "--clip must be > 0")
+    _require(o.max_new_tokens >= 1, "--max_new_tokens must be >= 1")
+    _require(0 < o.delta < 1, "--delta must be in (0, 1)")
+    _require(o.target_epsilon is None or o.target_epsilon > 0, "--target_epsilon must be > 0")
+    _require(o.max_records is None or o.max_records >= 1, "--max_records must be >= 1")
+    _require(o.max_chars >= 1, "--max_chars must be >= 1")
+    _require(o.top_k is None or o.top_k >= 1, "--top_k must be >= 1")
+    _require(o.histogram_noise > 0, "--histogram_noise must be > 0")
+    _require(o.gate_noise > 0, "--gate_noise must be > 0")
+    _require(o.kmeans_rounds >= 1 and o.kmeans_clusters >= 1,
+             "--kmeans_rounds and --kmeans_clusters must be >= 1")
+    _require(o.kmeans_sum_noise > 0 and o.kmeans_count_noise > 0,
+             "--kmeans_sum_noise and --kmeans_count_noise must be > 0")
+    _require(o.public_centers >= 1 and o.kept_centers >= 1,
+             "--public_centers and --kept_centers must be >= 1")
+    _require(o.public_corpus_size >= 1, "--public_corpus_size must be >= 1")
+    labelled = bool(o.label_column)
+    template = o.prompt_template or (opts.DEFAULT_TEMPLATE if labelled
+                                     else opts.DEFAULT_UNLABELLED_TEMPLATE)
+    template = template.replace("\\n", "\n")
+    try:
+        check_template(template, labelled=labelled)
+    except ValueError as error:
+        raise PlanError(str(error)) from None
+    labels = _label_values(o.label_values) if o.label_values else None
+    if labels is not None and not labelled:
+        raise PlanError("--label_values needs --label_column")
+    schema = RecordSchema(text_column=o.text_column, label_column=o.label_column,
+                          id_column=o.id_column, unit_column=o.privacy_unit_column,
+                          max_chars=o.max_chars, over_length=o.over_length)
+    clustering = ClusteringConfig(
+        mode=o.clustering, expected_batch_size=o.batch_size, histogram_noise=o.histogram_noise,
+        labels=labels if labelled else (None,), kept_centers=o.kept_centers,
+        kmeans_clusters=o.kmeans_clusters, kmeans_rounds=o.kmeans_rounds,
+        kmeans_sum_noise=o.kmeans_sum_noise, kmeans_count_noise=o.kmeans_count_noise)
+    if labelled and labels is None:
+        clustering = dataclasses.replace(clustering, labels=None)
+    generation = GenerationConfig(
+        aggregator=o.aggregator, clip=o.clip, temperature=o.temperature,
+        expected_batch_size=o.batch_size, max_new_tokens=o.max_new_tokens, top_k=o.top_k,
+        public_tokens=o.public_tokens, gate_threshold=o.gate_threshold,
+        gate_noise=o.gate_noise, max_private_tokens=o.max_private_tokens,
+        public_temperature=o.public_temperature)
+    secret = o.run_secret or new_run_secret()
+    stop_text = o.stop_text.replace("\\n", "\n") if o.stop_text else None
+    return RunPlan(
+        input=o.input, input_format=o.input_format, output=o.output.rstrip("/"),
+        schema=schema, labels=labels, max_records=o.max_records, clustering=clustering,
+        generation=generation, template=template, stop_text=stop_text,
+        public_input=o.public_input, public_corpus_size=o.public_corpus_size,
+        public_centers=o.public_centers, lm=o.lm, encoder=o.encoder,
+        encoder_sequence_length=o.encoder_sequence_length,
+        batches_per_call=o.generation_batches_per_call, delta=o.delta,
+        target_epsilon=o.target_epsilon, secret=secret, secret_is_fixed=bool(o.run_secret))
+
+
+def plan_ledger(plan: RunPlan) -> PrivacyLedger:
+    """Every DP event one unit takes part in, known before any data is read."""
+    ledger = PrivacyLedger(delta=plan.delta, privacy_unit=plan.privacy_unit)
+    clustering = plan.clustering
+    if clustering.mode == DP_KMEANS:
+        ledger.record_gaussian("clustering", noise_stddev=clustering.kmeans_sum_noise,
+                               count=clustering.kmeans_rounds,
+                               released="noisy per-centre sum of unit-norm embeddings")
+        ledger.record_gaussian("clustering", noise_stddev=clustering.kmeans_count_noise,
+                               count=clustering.kmeans_rounds,
+                               released="noisy per-centre count (a Lloyd round)")
+    released = {UNIFORM: "noisy record count per label",
+                PUBLIC_CENTERS: "noisy histogram over public centres",
+                DP_KMEANS: "noisy histogram over the final centres"}[clustering.mode]
+    ledger.record_gaussian("clustering", noise_stddev=clustering.histogram_noise,
+                           released=released)
+    generation = plan.generation
+    ledger.record_generation(
+        GENERATION_STAGE, rule=generation.aggregator, clip=generation.clip,
+        temperature=generation.temperature, max_private_tokens=generation.private_token_cap,
+        expected_batch_size=generation.expected_batch_size,
+        gate_noise_scale=generation.gate_noise if generation.public_tokens else None)
+    return ledger
+
+
+def check_budget(plan: RunPlan) -> float:
+    """The formal epsilon of the plan; raises PlanError if it exceeds --target_epsilon."""
+    epsilon = plan_ledger(plan).epsilon()
+    if plan.target_epsilon is not None and epsilon > plan.target_epsilon:
+        raise PlanError(
+            f"this configuration costs epsilon {epsilon:.4g} (delta {plan.delta:g}), more than "
+            f"--target_epsilon {plan.target_epsilon:g}: lower --clip or --max_new_tokens, or "
+            "raise --batch_size, --temperature or the noise")
+    return epsilon
+
+
+def _label_values(spec: str) -> tuple:
+    if spec.startswith("@"):
+        path = Path(spec[1:])
+        if not path.is_file():
+            raise PlanError(f"--label_values file {path} does not exist")
+        values = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        values = [value.strip() for value in spec.split(",")]
+    values = tuple(dict.fromkeys(v for v in values if v))
+    if not values:
+        raise PlanError("--label_values is empty")
+    return values
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise PlanError(message)

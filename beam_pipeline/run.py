@@ -1,0 +1,103 @@
+"""`dpsynth run`: check the configuration, then run the Beam job and summarise it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+from beam_pipeline.options import DpSynthOptions
+from beam_pipeline.pipeline import build_pipeline
+from beam_pipeline.plan import PlanError, check_budget, make_plan
+from offline_models import registry
+
+# The embedded runner: Beam's DirectRunner may first try the Prism runner,
+# which downloads a binary; FnApiRunner runs in this process (or, with
+# --direct_running_mode multi_processing, in local worker processes).
+DEFAULT_RUNNER = "FnApiRunner"
+
+
+def pipeline_options(argv) -> DpSynthOptions:
+    options = DpSynthOptions(argv)
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = DEFAULT_RUNNER
+    return options
+
+
+def preflight(plan) -> None:
+    """User mistakes that would otherwise surface as tracebacks deep in a job."""
+    try:
+        matched = FileSystems.match([plan.input])[0].metadata_list
+    except Exception as error:  # noqa: BLE001 - any filesystem error is a bad --input here
+        raise PlanError(f"cannot read --input {plan.input}: {_first_line(error)}") from None
+    if not matched:
+        raise PlanError(f"--input {plan.input} matches no file")
+    if plan.public_input and not FileSystems.match([plan.public_input])[0].metadata_list:
+        raise PlanError(f"--public_input {plan.public_input} matches no file")
+    for reference, resolve in ((plan.lm, registry.resolve_lm),
+                               (plan.encoder, registry.resolve_encoder)):
+        if reference not in ("tiny-llama3", "tiny-bert"):
+            resolve(reference)
+    probe = FileSystems.join(plan.output, ".dpsynth-write-check")
+    try:
+        if not plan.output.startswith("gs://"):
+            import os
+
+            os.makedirs(plan.output, exist_ok=True)
+        with FileSystems.create(probe) as handle:
+            handle.write(b"ok")
+        FileSystems.delete([probe])
+    except Exception as error:  # noqa: BLE001
+        raise PlanError(f"cannot write to --output {plan.output}: {_first_line(error)}") from None
+
+
+def run(argv, *, say=print) -> dict:
+    options = pipeline_options(argv)
+    plan = make_plan(options)
+    epsilon = check_budget(plan)
+    preflight(plan)
+    runner = options.view_as(StandardOptions).runner
+    mode = options.view_as(DirectOptions).direct_running_mode
+    say(f"dpsynth: {plan.clustering.mode} + {plan.generation.aggregator}, s={plan.generation.expected_batch_size}, "
+        f"formal epsilon {epsilon:.4g} at delta {plan.delta:g}; runner {runner} ({mode})")
+    started = time.time()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, plan)
+    result = pipeline.run()
+    result.wait_until_finish()
+    elapsed = time.time() - started
+    summary_path = FileSystems.join(plan.output, "run_summary.json")
+    with FileSystems.open(summary_path) as handle:
+        summary = json.loads(handle.read().decode("utf-8"))
+    summary["wall_seconds"] = round(elapsed, 1)
+    say(f"dpsynth: done in {elapsed:.0f} s: {summary['synthetic_records']} synthetic records from "
+        f"{summary['records_accepted']} records ({summary['records_rejected']} rejected)")
+    return summary
+
+
+def _first_line(error) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+class _DropBeamNoise(logging.Filter):
+    """RunInference warns on every batch that it cannot read memory usage here."""
+
+    def filter(self, record):
+        return "memory usage cannot be fetched" not in record.getMessage()
+
+
+def configure_logging():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropBeamNoise())
+    for noisy in ("apache_beam", "absl", "urllib3", "google"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Retracing notices are expected: each batch shape bucket compiles once.
+    for noisy in ("tensorflow", "keras"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -1,0 +1,257 @@
+"""Cluster: private clustering of embedded records (METHOD.md §2).
+
+Output: each record keyed by its cluster (label, centre index), and one
+`ClusterRelease`, the DP release every later stage plans from: the noisy
+count of every cluster and the centres records are assigned to. Nothing a
+later stage reads about the private data comes from anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from transforms import clustering
+from transforms.batching import planned_batch_count
+from transforms.randomness import keyed_generator
+from transforms.read import NAMESPACE
+
+UNIFORM, PUBLIC_CENTERS, DP_KMEANS = "uniform", "public_centers", "dp_kmeans"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusteringConfig:
+    mode: str
+    expected_batch_size: int
+    histogram_noise: float
+    labels: tuple | None = None        # the public label domain; None: observed labels
+    kept_centers: int = 8
+    kmeans_clusters: int = 8
+    kmeans_rounds: int = 3
+    kmeans_sum_noise: float = 4.0
+    kmeans_count_noise: float = 4.0
+
+
+@dataclasses.dataclass
+class ClusterRelease:
+    """What the clustering stage releases (all of it DP or public)."""
+
+    centres: dict              # label -> (K, D) centres
+    usable: dict               # label -> indices of the centres records may join
+    noisy_counts: dict         # (label, centre) -> noisy count, for every usable cluster
+    labels_from_data: bool
+
+    def batch_counts(self, expected_batch_size: int) -> dict:
+        return {key: planned_batch_count(count, expected_batch_size)
+                for key, count in self.noisy_counts.items()}
+
+    def cluster_of(self, label, embedding) -> tuple:
+        usable = self.usable[label]
+        nearest = clustering.nearest_centre(embedding[None, :], self.centres[label][usable])[0]
+        return label, int(usable[nearest])
+
+
+class ClusterStatsCombineFn(beam.CombineFn):
+    """Per (label, centre): the count and, optionally, the sum of member embeddings."""
+
+    def __init__(self, with_sums: bool):
+        super().__init__()
+        self._with_sums = with_sums
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, keyed_embedding):
+        key, embedding = keyed_embedding
+        count, total = accumulator.get(key, (0, 0.0))
+        accumulator[key] = (count + 1,
+                            total + np.asarray(embedding, "float64") if self._with_sums else 0.0)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for accumulator in accumulators:
+            for key, (count, total) in accumulator.items():
+                old_count, old_total = merged.get(key, (0, 0.0))
+                merged[key] = (old_count + count, old_total + total)
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _label_domain(config: ClusteringConfig, stats: dict) -> tuple:
+    if config.labels is not None:
+        return tuple(config.labels)
+    return tuple(sorted({label for label, _ in stats}, key=lambda x: (x is None, str(x))))
+
+
+def release_histogram(stats: dict, centres: dict, config: ClusteringConfig, secret: str, *,
+                      keep_top: int | None, stage: str) -> ClusterRelease:
+    """Noisy count for every (label, centre) of the domain, then the clusters kept.
+
+    Every cell gets noise, empty ones included, so the set of released cells
+    does not depend on the data.
+    """
+    labels = _label_domain(config, stats)
+    noisy, usable = {}, {}
+    for label in labels:
+        k = len(centres[label])
+        exact = np.array([stats.get((label, j), (0, 0.0))[0] for j in range(k)], "float64")
+        rng = keyed_generator(secret, stage, "histogram", label)
+        counts = clustering.noisy_counts(exact, config.histogram_noise, rng)
+        if keep_top is None:
+            kept = np.array([j for j in range(k)
+                             if planned_batch_count(counts[j], config.expected_batch_size) > 0],
+                            dtype=int)
+        else:
+            kept = clustering.keep_centres(counts, keep=keep_top,
+                                           min_count=config.expected_batch_size)
+        usable[label] = kept if len(kept) else np.arange(k)
+        for j in kept:
+            noisy[(label, int(j))] = float(counts[j])
+    return ClusterRelease(centres=centres, usable=usable, noisy_counts=noisy,
+                          labels_from_data=config.labels is None)
+
+
+class Cluster(beam.PTransform):
+    """(record, embedding) -> ((label, centre), record), plus the ClusterRelease singleton.
+
+    `public_centres`: for PUBLIC_CENTERS, a singleton PCollection of the
+    (K, D) centres fitted on the public corpus.
+    """
+
+    def __init__(self, config: ClusteringConfig, secret: str, public_centres=None):
+        super().__init__()
+        if config.mode not in (UNIFORM, PUBLIC_CENTERS, DP_KMEANS):
+            raise ValueError(f"unknown clustering '{config.mode}'")
+        if config.mode == PUBLIC_CENTERS and public_centres is None:
+            raise ValueError("public_centers clustering needs the public centres")
+        self._config = config
+        self._secret = secret
+        self._public_centres = public_centres
+
+    def expand(self, embedded):
+        config, secret = self._config, self._secret
+        if config.mode == UNIFORM:
+            centres = embedded.pipeline | "NoCentres" >> beam.Create([None])
+        elif config.mode == PUBLIC_CENTERS:
+            centres = self._public_centres
+        else:
+            centres = embedded | "DpKMeans" >> DpKMeans(config, secret)
+
+        def per_label_centres(shared, stats_labels):
+            labels = _label_domain(config, {(label, 0): None for label in stats_labels})
+            if shared is None:  # uniform: one cluster per label
+                return {label: np.zeros((1, 1)) for label in labels}
+            if isinstance(shared, dict):
+                return shared
+            return {label: shared for label in labels}
+
+        observed_labels = (embedded
+                           | "Labels" >> beam.Map(lambda pair: pair[0].label)
+                           | "DistinctLabels" >> beam.Distinct()
+                           | "LabelList" >> beam.combiners.ToList())
+        label_centres = (centres
+                         | "CentresPerLabel" >> beam.Map(
+                             per_label_centres, beam.pvalue.AsSingleton(observed_labels)))
+
+        def nearest_of_all(pair, centres_by_label):
+            record, embedding = pair
+            label_centres_ = centres_by_label[record.label]
+            if label_centres_.shape[1] == 1:
+                return (record.label, 0), embedding
+            index = clustering.nearest_centre(embedding[None, :], label_centres_)[0]
+            return (record.label, int(index)), embedding
+
+        stats = (embedded
+                 | "NearestCentre" >> beam.Map(nearest_of_all, beam.pvalue.AsSingleton(label_centres))
+                 | "ClusterCounts" >> beam.CombineGlobally(ClusterStatsCombineFn(with_sums=False)))
+        keep_top = config.kept_centers if config.mode == PUBLIC_CENTERS else None
+        release = stats | "NoisyHistogram" >> beam.Map(
+            lambda exact, centres_by_label: release_histogram(
+                exact, centres_by_label, config, secret, keep_top=keep_top, stage=config.mode),
+            beam.pvalue.AsSingleton(label_centres))
+
+        assigned_counter = Metrics.counter(NAMESPACE, "records_clustered")
+
+        def assign(pair, release_):
+            record, embedding = pair
+            assigned_counter.inc()
+            if release_.centres[record.label].shape[1] == 1:
+                return (record.label, 0), record
+            return release_.cluster_of(record.label, embedding), record
+
+        clustered = embedded | "AssignToCluster" >> beam.Map(
+            assign, beam.pvalue.AsSingleton(release))
+        return {"clustered": clustered, "release": release}
+
+
+class _NoisyLloydStep(beam.DoFn):
+    def __init__(self, config: ClusteringConfig, secret: str, round_index: int):
+        self._config = config
+        self._secret = secret
+        self._round = round_index
+
+    def process(self, stats, previous):
+        config = self._config
+        updated = {}
+        for label, centres in previous.items():
+            k = len(centres)
+            sums = np.array([np.broadcast_to(stats.get((label, j), (0, 0.0))[1], centres.shape[1])
+                             for j in range(k)], "float64")
+            counts = np.array([stats.get((label, j), (0, 0.0))[0] for j in range(k)], "float64")
+            rng = keyed_generator(self._secret, DP_KMEANS, "lloyd", self._round, label)
+            updated[label], _ = clustering.noisy_lloyd_centres(
+                sums, counts, centres, sigma_sum=config.kmeans_sum_noise,
+                sigma_count=config.kmeans_count_noise, rng=rng)
+        yield updated
+
+
+class DpKMeans(beam.PTransform):
+    """T unrolled noisy Lloyd rounds; the centres travel as a singleton side input."""
+
+    def __init__(self, config: ClusteringConfig, secret: str):
+        super().__init__()
+        self._config = config
+        self._secret = secret
+
+    def expand(self, embedded):
+        config, secret = self._config, self._secret
+
+        def initial_centres(labels_and_dimension):
+            labels, dimension = labels_and_dimension
+            domain = _label_domain(config, {(label, 0): None for label in labels})
+            return {label: clustering.random_unit_centres(
+                config.kmeans_clusters, dimension,
+                keyed_generator(secret, DP_KMEANS, "init", label)) for label in domain}
+
+        labels = (embedded | "Labels" >> beam.Map(lambda pair: pair[0].label)
+                  | "DistinctLabels" >> beam.Distinct() | "LabelList" >> beam.combiners.ToList())
+        dimension = (embedded | "Dimension" >> beam.Map(lambda pair: len(pair[1]))
+                     | "OneDimension" >> beam.combiners.Top.Largest(1)
+                     | "Unwrap" >> beam.Map(lambda top: top[0]))
+        centres = ((labels, dimension) | "Zip" >> _ZipSingletons()
+                   | "InitialCentres" >> beam.Map(initial_centres))
+        for round_index in range(config.kmeans_rounds):
+            stats = (embedded
+                     | f"Assign {round_index}" >> beam.Map(
+                         lambda pair, c: ((pair[0].label, int(clustering.nearest_centre(
+                             pair[1][None, :], c[pair[0].label])[0])), pair[1]),
+                         beam.pvalue.AsSingleton(centres))
+                     | f"SumsAndCounts {round_index}" >> beam.CombineGlobally(
+                         ClusterStatsCombineFn(with_sums=True)))
+            centres = stats | f"Noise {round_index}" >> beam.ParDo(
+                _NoisyLloydStep(config, secret, round_index), beam.pvalue.AsSingleton(centres))
+        return centres
+
+
+class _ZipSingletons(beam.PTransform):
+    def expand(self, pcolls):
+        first, second = pcolls
+        return (first.pipeline | "Seed" >> beam.Create([None])
+                | "Zip" >> beam.Map(lambda _, a, b: (a, b), beam.pvalue.AsSingleton(first),
+                                    beam.pvalue.AsSingleton(second)))

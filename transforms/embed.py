@@ -1,0 +1,62 @@
+"""EmbedRecords and BoundContributions: the stages before clustering."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from transforms.model_handlers import SentenceEmbeddingHandler
+from transforms.randomness import keyed_hash
+from transforms.read import NAMESPACE
+
+
+class BoundContributions(beam.PTransform):
+    """Keeps one record per privacy unit, chosen by a keyed hash of its id.
+
+    The choice for a unit depends only on that unit's records and the secret,
+    so adding or removing a unit changes one kept record at most.
+    """
+
+    def __init__(self, secret: str):
+        super().__init__()
+        self._secret = secret
+
+    def expand(self, records):
+        secret = self._secret
+        dropped = Metrics.counter(NAMESPACE, "records_over_unit_bound")
+
+        def keep_one(unit_and_records):
+            _, unit_records = unit_and_records
+            unit_records = list(unit_records)
+            chosen = min(unit_records, key=lambda r: (
+                keyed_hash(secret, "unit_bound", r.record_id, r.source), r.source))
+            dropped.inc(len(unit_records) - 1)
+            return chosen
+
+        return (records
+                | "KeyByUnit" >> beam.Map(lambda r: (r.unit, r))
+                | "GroupByUnit" >> beam.GroupByKey()
+                | "KeepOnePerUnit" >> beam.Map(keep_one))
+
+
+class EmbedRecords(beam.PTransform):
+    """Record -> (record, unit-norm embedding) through RunInference."""
+
+    def __init__(self, encoder: str, *, sequence_length: int):
+        super().__init__()
+        self._handler = KeyedModelHandler(
+            SentenceEmbeddingHandler(encoder, sequence_length=sequence_length))
+
+    def expand(self, records):
+        embedded = Metrics.counter(NAMESPACE, "records_embedded")
+
+        def unpack(keyed):
+            record, prediction = keyed
+            embedded.inc()
+            return record, prediction.inference
+
+        return (records
+                | "KeyByRecord" >> beam.Map(lambda r: (r, r.text))
+                | "RunInference" >> RunInference(self._handler)
+                | "Unpack" >> beam.Map(unpack))

@@ -1,0 +1,125 @@
+"""GenerateSynthetic: one synthetic record per planned batch, through RunInference."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from offline_models.joint_decoding import GenerationRequest
+from transforms.model_handlers import CausalLmHandler
+from transforms.private_generation import (GenerationConfig, PrivateTokenChooser,
+                                           render_prompt)
+from transforms.read import NAMESPACE
+
+_LOG = logging.getLogger(__name__)
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticRecord:
+    batch_id: str
+    text: str
+    label: object
+    cluster: int
+    tokens: int
+    private_tokens: int
+    public_tokens: int
+    stopped_by: str
+    token_rhos: tuple               # realised zCDP of each private token (accounting only)
+
+    def to_output(self) -> dict:
+        """The released record: no accounting detail, which may depend on the data."""
+        output = {"text": self.text, "cluster": self.cluster}
+        if self.label is not None:
+            output["label"] = self.label
+        return output
+
+
+class _Progress:
+    """A progress line per worker process: batches done out of the planned total, tokens/s.
+
+    Requests and results pass through different DoFns, so the state lives in
+    the module (one per process), keyed by the stage.
+    """
+
+    _by_stage: dict = {}
+
+    def __init__(self):
+        self.started = time.time()
+        self.batches = 0
+        self.tokens = 0
+        self.last_report = 0.0
+
+    @classmethod
+    def of(cls, stage_id):
+        return cls._by_stage.setdefault(stage_id, cls())
+
+    def update(self, tokens, total_batches):
+        now = time.time()
+        self.batches += 1
+        self.tokens += tokens
+        if now - self.last_report >= PROGRESS_EVERY_SECONDS or self.batches == total_batches:
+            self.last_report = now
+            rate = self.tokens / max(now - self.started, 1e-9)
+            _LOG.info("generation: %d/%s batches done, %.1f synthetic tokens/s",
+                      self.batches, total_batches, rate)
+
+
+class GenerateSynthetic(beam.PTransform):
+    """Batch -> SyntheticRecord. The LM handler advances several batches per model call."""
+
+    def __init__(self, config: GenerationConfig, *, lm: str, template: str, secret: str,
+                 stop_text: str | None, total_batches=None, batches_per_call: int = 8):
+        super().__init__()
+        self._config = config
+        self._template = template
+        self._secret = secret
+        self._stop_text = stop_text
+        self._total_batches = total_batches
+        self._handler = CausalLmHandler(lm, max_batch_size=batches_per_call)
+
+    def expand(self, batches):
+        config, template, secret, stop_text = (self._config, self._template, self._secret,
+                                               self._stop_text)
+
+        stage_id = uuid.uuid4().hex
+
+        def to_request(batch):
+            _Progress.of(stage_id)  # the clock starts with the first request
+            prompts = [render_prompt(template, member.text, batch.label)
+                       for member in batch.members]
+            prompts.append(render_prompt(template, "", batch.label))
+            chooser = PrivateTokenChooser(config, secret=secret, batch_id=batch.batch_id)
+            return GenerationRequest(key=(batch.batch_id, batch.label, batch.cluster),
+                                     prompts=prompts, chooser=chooser,
+                                     max_new_tokens=config.max_new_tokens, stop_text=stop_text)
+
+        counters = {name: Metrics.counter(NAMESPACE, name) for name in (
+            "synthetic_records", "private_tokens", "public_tokens")}
+
+        def to_record(prediction, total):
+            result = prediction.inference
+            chooser = result.chooser
+            batch_id, label, cluster = result.key
+            counters["synthetic_records"].inc()
+            counters["private_tokens"].inc(chooser.private_tokens)
+            counters["public_tokens"].inc(chooser.public_tokens)
+            _Progress.of(stage_id).update(len(result.token_ids), total)
+            return SyntheticRecord(
+                batch_id=batch_id, text=result.text, label=label, cluster=cluster,
+                tokens=len(result.token_ids), private_tokens=chooser.private_tokens,
+                public_tokens=chooser.public_tokens, stopped_by=result.stopped_by,
+                token_rhos=tuple(chooser.token_rhos) if config.aggregator == "median" else ())
+
+        total = (beam.pvalue.AsSingleton(self._total_batches)
+                 if self._total_batches is not None else None)
+        return (batches
+                | "ToRequest" >> beam.Map(to_request)
+                | "RunInference" >> RunInference(self._handler)
+                | "ToSyntheticRecord" >> beam.Map(to_record, total))

@@ -1,0 +1,154 @@
+"""Choosing each synthetic token privately from one batch's next-token logits.
+
+Beam-free. `PrivateTokenChooser` is the per-batch state of METHOD.md §4: it
+receives the logits of the batch's seed prompts plus the public prompt (the
+last row), applies the optional top-k mask and public-token gate, aggregates
+with the rule's CombineFn, samples, and records what accounting needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+
+import numpy as np
+
+from transforms import aggregation
+from transforms.aggregation_combine_fns import ClippedMeanCombineFn, PrivateMedianCombineFn
+from transforms.randomness import keyed_generator
+
+GENERATION_STAGE = "generation"
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    aggregator: str                 # "mean" or "median"
+    clip: float
+    temperature: float
+    expected_batch_size: int
+    max_new_tokens: int
+    top_k: int | None = None
+    public_tokens: bool = False
+    gate_threshold: float = 0.5
+    gate_noise: float = 0.2
+    max_private_tokens: int | None = None
+    public_temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.aggregator not in ("mean", "median"):
+            raise ValueError(f"unknown aggregator '{self.aggregator}'")
+
+    @property
+    def private_token_cap(self) -> int:
+        if self.public_tokens and self.max_private_tokens:
+            return min(self.max_private_tokens, self.max_new_tokens)
+        return self.max_new_tokens
+
+
+def combine_fn_for(config: GenerationConfig, vocab_size: int):
+    if config.aggregator == "mean":
+        return ClippedMeanCombineFn(config.clip, config.expected_batch_size,
+                                    vocab_size=vocab_size)
+    return PrivateMedianCombineFn(config.clip, vocab_size=vocab_size)
+
+
+def aggregate_rows(combine_fn, member_logits: np.ndarray):
+    """Runs a CombineFn over in-memory rows: the same code path Beam would run."""
+    accumulator = combine_fn.create_accumulator()
+    for row in member_logits:
+        accumulator = combine_fn.add_input(accumulator, row)
+    return combine_fn.extract_output(accumulator)
+
+
+class PrivateTokenChooser:
+    """Chooses the tokens of one batch's synthetic record.
+
+    Rows: the batch's seed prompts first, the public prompt last. Every random
+    draw comes from a generator keyed by (secret, stage, batch id, step).
+    """
+
+    def __init__(self, config: GenerationConfig, *, secret: str, batch_id: str):
+        self.config = config
+        self._secret = secret
+        self.batch_id = batch_id
+        self.private_tokens = 0
+        self.public_tokens = 0
+        self.token_rhos: list[float] = []          # realised zCDP of each private token
+        self.local_sensitivities: list[float] = []
+        self._gate = None
+
+    def _rng(self, step, purpose):
+        return keyed_generator(self._secret, GENERATION_STAGE, self.batch_id, step, purpose)
+
+    def choose(self, step: int, logits: np.ndarray) -> int | None:
+        config = self.config
+        members, public = logits[:-1], logits[-1]
+        mask = aggregation.top_k_mask(public, config.top_k) if config.top_k else None
+        if mask is not None:
+            members = aggregation.apply_mask(members, mask)
+            public = aggregation.apply_mask(public, mask)
+        if config.public_tokens:
+            if self._gate is None:
+                self._gate = aggregation.PublicTokenGate(
+                    threshold=config.gate_threshold, noise_scale=config.gate_noise,
+                    max_private_tokens=config.private_token_cap, rng=self._rng(-1, "threshold"))
+            if self._gate.must_stop:
+                return None
+            distance = aggregation.gate_distance(members, public, config.expected_batch_size)
+            if not self._gate.use_private_token(distance, self._rng(step, "gate")):
+                self.public_tokens += 1
+                return aggregation.sample_token(public, config.public_temperature,
+                                                self._rng(step, "public"))
+        elif self.private_tokens >= config.private_token_cap:
+            return None
+        result = aggregate_rows(combine_fn_for(config, logits.shape[-1]), members)
+        aggregate = aggregation.apply_mask(result.aggregate, mask) if mask is not None \
+            else result.aggregate
+        token = aggregation.sample_token(aggregate, config.temperature, self._rng(step, "token"))
+        self.private_tokens += 1
+        self.local_sensitivities.append(float(result.local_sensitivity))
+        self.token_rhos.append(self._token_rho(result.local_sensitivity))
+        return token
+
+    def _token_rho(self, local_sensitivity: float) -> float:
+        config = self.config
+        if config.aggregator == "mean":
+            return aggregation.token_rho_mean(config.clip, config.expected_batch_size,
+                                              config.temperature)
+        return aggregation.token_rho_median(local_sensitivity, config.temperature)
+
+
+class PublicSamplingChooser:
+    """Samples from the public prompt alone (epsilon 0): used to write a public corpus."""
+
+    def __init__(self, *, temperature: float, secret: str, sample_id: str):
+        self._temperature = temperature
+        self._secret = secret
+        self._sample_id = sample_id
+
+    def choose(self, step: int, logits: np.ndarray) -> int:
+        rng = keyed_generator(self._secret, "public_corpus", self._sample_id, step)
+        return aggregation.sample_token(logits[-1], self._temperature, rng)
+
+
+def check_template(template: str, *, labelled: bool) -> None:
+    """Raises ValueError unless the template has {text} (and {label} only with labels)."""
+    fields = set()
+    try:
+        for _, field, _, _ in string.Formatter().parse(template):
+            if field is not None:
+                fields.add(field)
+    except ValueError as error:
+        raise ValueError(f"the prompt template is malformed: {error}") from None
+    if "text" not in fields:
+        raise ValueError("the prompt template has no {text} placeholder")
+    unknown = fields - {"text", "label"}
+    if unknown:
+        raise ValueError(f"the prompt template has unknown placeholders: "
+                         f"{', '.join('{' + f + '}' for f in sorted(unknown))}")
+    if "label" in fields and not labelled:
+        raise ValueError("the prompt template uses {label} but no --label_column is given")
+
+
+def render_prompt(template: str, text: str, label: str | None) -> str:
+    return template.format(text=text, label=label if label is not None else "")

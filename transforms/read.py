@@ -1,0 +1,94 @@
+"""ReadRecords: input files to validated records, with every rejection routed and counted."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.metrics import Metrics
+
+from transforms import records as rec
+
+REJECTED_TAG = "rejected"
+SKIPPED_TAG = "skipped"
+NAMESPACE = "dpsynth"
+
+
+class _ParseFile(beam.DoFn):
+    def __init__(self, schema: rec.RecordSchema, declared_format: str | None,
+                 label_values: tuple[str, ...] | None):
+        self._schema = schema
+        self._format = declared_format
+        self._labels = frozenset(label_values) if label_values else None
+        self._read = Metrics.counter(NAMESPACE, "records_read")
+        self._rejected = Metrics.counter(NAMESPACE, "records_rejected")
+
+    def process(self, readable_file):
+        path = readable_file.metadata.path
+        file_format = rec.format_of(path, self._format)
+        for item in rec.parse_file(path, readable_file.read(), self._schema, file_format):
+            if isinstance(item, rec.Record) and self._labels is not None \
+                    and item.label not in self._labels:
+                item = rec.Rejected(item.source, "label not in --label_values")
+            if isinstance(item, rec.Rejected):
+                self._rejected.inc()
+                yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)
+            else:
+                self._read.inc()
+                yield item
+
+
+class ReadRecords(beam.PTransform):
+    """Matches files, parses rows into `Record`s; unusable rows go to the `rejected` output.
+
+    With `max_records`, records are ordered by (file, row) and only the first N
+    are kept; the others go to the `skipped` output, to be counted.
+    """
+
+    def __init__(self, pattern: str, schema: rec.RecordSchema, *, input_format: str | None = None,
+                 label_values: tuple[str, ...] | None = None, max_records: int | None = None):
+        super().__init__()
+        self._pattern = pattern
+        self._schema = schema
+        self._format = input_format
+        self._labels = label_values
+        self._max_records = max_records
+
+    def expand(self, pbegin):
+        parsed = (pbegin
+                  | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+                  | "ReadMatches" >> fileio.ReadMatches()
+                  | "Reshuffle" >> beam.Reshuffle()
+                  | "Parse" >> beam.ParDo(_ParseFile(self._schema, self._format, self._labels))
+                  .with_outputs(REJECTED_TAG, main="records"))
+        records, rejected = parsed.records, parsed[REJECTED_TAG]
+        skipped = pbegin | "NoneSkipped" >> beam.Create([])
+        if self._max_records is not None:
+            limited = records | "KeepFirstRecords" >> _KeepFirst(self._max_records)
+            records, skipped = limited.records, limited[SKIPPED_TAG]
+        return {"records": records, REJECTED_TAG: rejected, SKIPPED_TAG: skipped}
+
+
+def _source_order(record: rec.Record):
+    name, _, row = record.source.rpartition(":")
+    return (name, int(row)) if row.isdigit() else (record.source, 0)
+
+
+class _KeepFirst(beam.PTransform):
+    def __init__(self, limit: int):
+        super().__init__()
+        self._limit = limit
+
+    def expand(self, records):
+        limit = self._limit
+
+        def split(all_records):
+            ordered = sorted(all_records, key=_source_order)
+            for index, record in enumerate(ordered):
+                if index < limit:
+                    yield record
+                else:
+                    yield beam.pvalue.TaggedOutput(SKIPPED_TAG, record.source)
+
+        return (records
+                | "Collect" >> beam.combiners.ToList()
+                | "Split" >> beam.FlatMap(split).with_outputs(SKIPPED_TAG, main="records"))

@@ -1,0 +1,76 @@
+"""The privacy report and the run summary, from the plan's ledger and what generation did."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.write import output_path, write_text_file
+
+
+def privacy_report(ledger, synthetic_records, *, generation_stage: str, parameters: dict,
+                   labels_from_data: bool) -> tuple[dict, str]:
+    """(JSON-able report, markdown). Feeds each batch's realised costs into the ledger."""
+    for record in synthetic_records:
+        ledger.record_batch(generation_stage, record.batch_id, tokens=record.tokens,
+                            private_tokens=record.private_tokens, token_rhos=record.token_rhos)
+    report = ledger.to_dict()
+    report["parameters"] = parameters
+    notes = []
+    if labels_from_data:
+        notes.append("The label values were taken from the data (no --label_values): the "
+                     "guarantee assumes the set of labels is public.")
+    report["notes"] = notes
+    markdown = ledger.to_markdown()
+    if notes:
+        markdown += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
+    markdown += "\n## Parameters\n\n" + "".join(
+        f"- {name}: {value!r}\n" if isinstance(value, str) else f"- {name}: {value}\n"
+        for name, value in parameters.items())
+    return report, markdown
+
+
+class WriteReports(beam.PTransform):
+    """Writes privacy_report.json/.md and run_summary.json once all counts are in."""
+
+    def __init__(self, output_dir: str, make_ledger, *, generation_stage: str, parameters: dict):
+        super().__init__()
+        self._output = output_dir
+        self._make_ledger = make_ledger
+        self._stage = generation_stage
+        self._parameters = parameters
+
+    def expand(self, inputs):
+        synthetic, counts, release = inputs["synthetic"], inputs["counts"], inputs["release"]
+        output, make_ledger, stage, parameters = (self._output, self._make_ledger, self._stage,
+                                                  self._parameters)
+
+        epsilon_gauge = Metrics.gauge("dpsynth", "formal_epsilon_x1000")
+
+        def write(records, counts_, release_):
+            records = sorted(records, key=lambda r: r.batch_id)
+            report, markdown = privacy_report(
+                make_ledger(), records, generation_stage=stage, parameters=parameters,
+                labels_from_data=release_.labels_from_data)
+            write_text_file(output_path(output, "privacy_report.json"),
+                            json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+            write_text_file(output_path(output, "privacy_report.md"), markdown)
+            summary = dict(sorted(counts_.items()))
+            summary["planned_batches"] = sum(release_.batch_counts(
+                parameters["batch_size"]).values())
+            summary["tokens"] = sum(r.tokens for r in records)
+            summary["private_tokens"] = sum(r.private_tokens for r in records)
+            summary["public_tokens"] = sum(r.public_tokens for r in records)
+            summary["formal_epsilon"] = report["formal_epsilon"]
+            epsilon_gauge.set(int(round(1000 * report["formal_epsilon"])))
+            summary["delta"] = report["delta"]
+            write_text_file(output_path(output, "run_summary.json"),
+                            json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            yield summary
+
+        return (synthetic
+                | "CollectSynthetic" >> beam.combiners.ToList()
+                | "Write" >> beam.FlatMap(write, beam.pvalue.AsDict(counts),
+                                          beam.pvalue.AsSingleton(release)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def demo_arguments(*, input_path: Path, output: Path, records: int, secret: str 
         "--text_column", "text", "--label_column", "label1", "--label_values", labels,
         "--prompt_template", YELP_TEMPLATE,
         "--clustering", "public_centers", "--aggregator", "median",
-        "--batch_size", "8", "--clip", "4", "--temperature", "1.5", "--max_new_tokens", "48",
+        "--batch_size", "8", "--clip", "6", "--temperature", "1", "--top_k", "50",
+        "--max_new_tokens", "48",
         "--public_corpus_size", "40", "--public_centers", "8", "--kept_centers", "4",
         "--max_chars", "800", "--generation_batches_per_call", "8",
     ]
@@ -37,6 +39,8 @@ def run_demo(*, input_path: Path, output: Path, records: int, secret: str | None
     if not input_path.is_file():
         raise FileNotFoundError(f"the demo data {input_path} is missing: pass --input")
     configure_logging()
+    if output.exists():  # the demo's own folder: stale shards would mix into its output
+        shutil.rmtree(output)
     started = time.time()
     summary = run(demo_arguments(input_path=input_path, output=output, records=records,
                                  secret=secret))

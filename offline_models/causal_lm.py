@@ -26,7 +26,7 @@ _LOG = logging.getLogger(__name__)
 # Prompt and cache lengths are rounded up to these multiples so that a few
 # compiled shapes serve all batches instead of one compilation per length.
 PROMPT_LENGTH_BUCKET = 16
-CACHE_LENGTH_BUCKET = 16
+CACHE_LENGTH_BUCKET = 64
 ROW_BUCKET = 8
 PREFILL_ROWS = 8  # a multiple of ROW_BUCKET, so every chunk is full
 END_OF_DOCUMENT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>",
@@ -42,7 +42,7 @@ class DecodeState:
     """What one cached decoding run carries from step to step."""
 
     sequences: list            # per row: prompt ids followed by the ids fed so far
-    caches: list | None        # per layer: (rows, 2, cache_length, kv_heads, head_dim)
+    caches: list | None        # per layer, a tf.Variable (rows, 2, cache_length, kv_heads, head_dim)
     key_mask: object | None    # (rows, cache_length) 1 where a key is a real token
     next_index: int            # cache index the next fed token is written to
     cache_length: int
@@ -83,8 +83,12 @@ class CausalLanguageModel:
         self._tf = tf
         self._last_hidden = tf.function(self._last_hidden_eager, jit_compile=jit_compile,
                                         reduce_retracing=True)
-        self._cached_forward = tf.function(self._cached_forward_eager,
-                                           jit_compile=jit_compile)
+        # Decoding steps repeat one shape many times: worth an XLA compilation.
+        # Prefill shapes change with every batch of prompts, and a compilation
+        # of the whole model costs more than XLA saves on one call.
+        self._decode_step = tf.function(self._decode_step_eager, jit_compile=jit_compile)
+        self._prefill_forward = tf.function(self._cached_forward_eager, jit_compile=False,
+                                            reduce_retracing=True)
 
     # --- text ----------------------------------------------------------------
 
@@ -169,7 +173,12 @@ class CausalLanguageModel:
         # its own longest prompt, written at the end of the shared prompt
         # window, which saves the padding work and bounds the activations.
         order = sorted(range(rows), key=lambda r: -len(padded_prompts[r]))
-        chunk_caches, chunk_logits = [], []
+        # The cache lives in variables updated in place, so neither the
+        # prefill nor a decoding step holds a second copy of it.
+        caches = [tf.Variable(tf.zeros(self._layer_cache_shape(rows, cache_length), "float32"),
+                              trainable=False)
+                  for _ in self.backbone.transformer_layers]
+        logits = np.zeros((rows, self.vocabulary_size), dtype="float32")
         for begin in range(0, rows, PREFILL_ROWS):
             chunk = order[begin:begin + PREFILL_ROWS]
             chunk_length = _round_up(max(len(padded_prompts[r]) for r in chunk),
@@ -177,17 +186,15 @@ class CausalLanguageModel:
             token_ids = np.zeros((len(chunk), chunk_length), dtype="int32")
             for i, r in enumerate(chunk):
                 token_ids[i, chunk_length - len(padded_prompts[r]):] = padded_prompts[r]
-            caches = [tf.zeros(self._layer_cache_shape(len(chunk), cache_length), "float32")
-                      for _ in self.backbone.transformer_layers]
-            logits, caches = self._cached_forward(
-                tf.constant(token_ids), caches, tf.constant(key_mask[chunk]),
+            empty = [tf.zeros(self._layer_cache_shape(len(chunk), cache_length), "float32")
+                     for _ in self.backbone.transformer_layers]
+            chunk_logits, chunk_caches = self._prefill_forward(
+                tf.constant(token_ids), empty, tf.constant(key_mask[chunk]),
                 tf.constant(prompt_length - chunk_length, dtype="int32"))
-            chunk_caches.append(caches)
-            chunk_logits.append(logits.numpy())
-        restore = np.argsort(order)
-        caches = [tf.gather(tf.concat([c[layer] for c in chunk_caches], axis=0), restore)
-                  for layer in range(len(self.backbone.transformer_layers))]
-        logits = np.concatenate(chunk_logits)[restore]
+            rows_index = tf.constant(np.asarray(chunk, dtype="int32")[:, None])
+            for variable, chunk_cache in zip(caches, chunk_caches):
+                variable.scatter_nd_update(rows_index, chunk_cache)
+            logits[chunk] = chunk_logits.numpy()
         return DecodeState([list(p) for p in prompts], caches, tf.constant(key_mask),
                            prompt_length, cache_length, logits[:len(prompts)])
 
@@ -207,13 +214,19 @@ class CausalLanguageModel:
         tf = self._tf
         padded = np.zeros(int(state.key_mask.shape[0]), dtype="int32")
         padded[:len(next_tokens)] = next_tokens
-        logits, caches = self._cached_forward(
+        logits = self._decode_step(
             tf.constant(padded[:, None]), state.caches, state.key_mask,
             tf.constant(state.next_index, dtype="int32"))
-        state.caches = list(caches)
         state.next_index += 1
         state.logits = logits.numpy()[:len(next_tokens)]
         return state.logits
+
+    def _decode_step_eager(self, token_ids, cache_variables, key_mask, start_index):
+        logits, updated = self._cached_forward_eager(
+            token_ids, [v.value() for v in cache_variables], key_mask, start_index)
+        for variable, cache in zip(cache_variables, updated):
+            variable.assign(cache)
+        return logits
 
     def _cached_forward_eager(self, token_ids, caches, key_mask, start_index):
         tf = self._tf

@@ -5,7 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from beam_pipeline.plan import GENERATION_STAGE, RunPlan, plan_ledger
-from transforms.assign_to_batches import AssignToBatches
+from transforms.assign_to_batches import AssignToBatches, planned_batch_id_list
 from transforms.cluster import PUBLIC_CENTERS, Cluster
 from transforms.embed import BoundContributions, EmbedRecords
 from transforms.generate import GenerateSynthetic
@@ -31,11 +31,11 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
     release = clusters["release"]
     batches = clusters["clustered"] | "AssignToBatches" >> AssignToBatches(
         release, expected_batch_size=plan.generation.expected_batch_size, secret=plan.secret)
-    total_batches = release | "TotalBatches" >> beam.Map(
-        lambda r: sum(r.batch_counts(plan.generation.expected_batch_size).values()))
+    planned_batch_ids = release | "PlannedBatchIds" >> beam.Map(
+        planned_batch_id_list, plan.generation.expected_batch_size)
     synthetic = batches | "GenerateSynthetic" >> GenerateSynthetic(
         plan.generation, lm=plan.lm, template=plan.template, secret=plan.secret,
-        stop_text=plan.stop_text, total_batches=total_batches,
+        stop_text=plan.stop_text, planned_batch_ids=planned_batch_ids,
         batches_per_call=plan.batches_per_call)
 
     synthetic | "WriteSynthetic" >> WriteJsonLines(plan.output, "synthetic",

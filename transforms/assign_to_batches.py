@@ -19,6 +19,13 @@ class Batch:
     members: tuple          # Records, in a fixed order
 
 
+def planned_batch_id_list(release, expected_batch_size: int) -> list:
+    """Every planned batch id, sorted: a function of the DP release only."""
+    return sorted(batch_id(key, index)
+                  for key, count in release.batch_counts(expected_batch_size).items()
+                  for index in range(count))
+
+
 class AssignToBatches(beam.PTransform):
     """((label, centre), record) + ClusterRelease -> one `Batch` per planned batch.
 

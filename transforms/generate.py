@@ -72,17 +72,24 @@ class _Progress:
 
 
 class GenerateSynthetic(beam.PTransform):
-    """Batch -> SyntheticRecord. The LM handler advances several batches per model call."""
+    """Batch -> SyntheticRecord. The LM handler advances several batches per model call.
+
+    Which batches share a model call is fixed by the plan (consecutive planned
+    batch ids), not left to the runner's batching: logits differ in their
+    last bits with the rows computed together, so a fixed grouping is what
+    makes every runner, and every retry, release the same bytes.
+    """
 
     def __init__(self, config: GenerationConfig, *, lm: str, template: str, secret: str,
-                 stop_text: str | None, total_batches=None, batches_per_call: int = 8):
+                 stop_text: str | None, planned_batch_ids, batches_per_call: int = 8):
         super().__init__()
         self._config = config
         self._template = template
         self._secret = secret
         self._stop_text = stop_text
-        self._total_batches = total_batches
-        self._handler = CausalLmHandler(lm, max_batch_size=batches_per_call)
+        self._planned_batch_ids = planned_batch_ids
+        self._batches_per_call = batches_per_call
+        self._handler = CausalLmHandler(lm).with_no_batching()
 
     def expand(self, batches):
         config, template, secret, stop_text = (self._config, self._template, self._secret,
@@ -117,9 +124,16 @@ class GenerateSynthetic(beam.PTransform):
                 public_tokens=chooser.public_tokens, stopped_by=result.stopped_by,
                 token_rhos=tuple(chooser.token_rhos) if config.aggregator == "median" else ())
 
-        total = (beam.pvalue.AsSingleton(self._total_batches)
-                 if self._total_batches is not None else None)
+        per_call = self._batches_per_call
+        call_of = self._planned_batch_ids | "CallOfBatch" >> beam.Map(
+            lambda ids: {batch: index // per_call for index, batch in enumerate(ids)})
+        total = self._planned_batch_ids | "TotalBatches" >> beam.Map(len)
         return (batches
-                | "ToRequest" >> beam.Map(to_request)
+                | "ToRequest" >> beam.Map(
+                    lambda batch, calls: (calls[batch.batch_id], to_request(batch)),
+                    beam.pvalue.AsSingleton(call_of))
+                | "GroupIntoCalls" >> beam.GroupByKey()
+                | "OrderRequests" >> beam.Map(
+                    lambda call: sorted(call[1], key=lambda request: request.key[0]))
                 | "RunInference" >> RunInference(self._handler)
-                | "ToSyntheticRecord" >> beam.Map(to_record, total))
+                | "ToSyntheticRecord" >> beam.Map(to_record, beam.pvalue.AsSingleton(total)))

@@ -108,12 +108,13 @@ def test_missing_input_is_one_line(tmp_path, capsys):
     assert code == 2 and "matches no file" in err
 
 
-@pytest.mark.parametrize("runner_args", [
-    ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"],
-    ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "LOOPBACK"],
+@pytest.mark.parametrize("clustering, runner_args", [
+    ("public_centers", ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]),
+    ("dp_kmeans", ["--runner", "PortableRunner", "--job_endpoint", "embed",
+                   "--environment_type", "LOOPBACK"]),
 ], ids=["multi_processing", "portable"])
-def test_same_secret_same_output_on_other_runners(tmp_path, reviews, runner_args):
-    common = ["--clustering", "dp_kmeans", "--aggregator", "median", "--label_column",
+def test_same_secret_same_output_on_other_runners(tmp_path, reviews, clustering, runner_args):
+    common = ["--clustering", clustering, "--aggregator", "median", "--label_column",
               "category", "--label_values", "Restaurants,Shopping"]
     run(tiny_args(reviews, tmp_path / "in_memory", *common), say=lambda _: None)
     run(tiny_args(reviews, tmp_path / "other", *common, *runner_args), say=lambda _: None)

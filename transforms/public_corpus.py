@@ -51,11 +51,16 @@ class GeneratePublicCorpus(beam.PTransform):
                                               sample_id=str(index)),
                 max_new_tokens=self._max_new_tokens, stop_text=self._stop_text)
 
+        per_call = self._batches_per_call
+        # A fixed grouping of samples into model calls, as in GenerateSynthetic,
+        # so the corpus (and the centres) are the same bytes on every runner.
         return (pbegin
                 | "Indices" >> beam.Create(range(self._size))
-                | "ToRequest" >> beam.Map(request)
-                | "RunInference" >> RunInference(
-                    CausalLmHandler(self._lm, max_batch_size=self._batches_per_call))
+                | "ToRequest" >> beam.Map(lambda index: (index // per_call, request(index)))
+                | "GroupIntoCalls" >> beam.GroupByKey()
+                | "OrderRequests" >> beam.Map(
+                    lambda call: sorted(call[1], key=lambda r: r.key))
+                | "RunInference" >> RunInference(CausalLmHandler(self._lm).with_no_batching())
                 # Empty texts stay: they are public points like any other.
                 | "Text" >> beam.Map(lambda prediction: prediction.inference.text.strip()))
 

@@ -9,10 +9,9 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
 
 from offline_models.joint_decoding import GenerationRequest
-from transforms.model_handlers import CausalLmHandler
+from transforms.model_handlers import GenerateInFixedCalls
 from transforms.private_generation import (GenerationConfig, PrivateTokenChooser,
                                            render_prompt)
 from transforms.read import NAMESPACE
@@ -89,7 +88,7 @@ class GenerateSynthetic(beam.PTransform):
         self._stop_text = stop_text
         self._planned_batch_ids = planned_batch_ids
         self._batches_per_call = batches_per_call
-        self._handler = CausalLmHandler(lm).with_no_batching()
+        self._lm = lm
 
     def expand(self, batches):
         config, template, secret, stop_text = (self._config, self._template, self._secret,
@@ -132,8 +131,6 @@ class GenerateSynthetic(beam.PTransform):
                 | "ToRequest" >> beam.Map(
                     lambda batch, calls: (calls[batch.batch_id], to_request(batch)),
                     beam.pvalue.AsSingleton(call_of))
-                | "GroupIntoCalls" >> beam.GroupByKey()
-                | "OrderRequests" >> beam.Map(
-                    lambda call: sorted(call[1], key=lambda request: request.key[0]))
-                | "RunInference" >> RunInference(self._handler)
+                | "Generate" >> GenerateInFixedCalls(
+                    self._lm, sort_key=lambda request: request.key[0])
                 | "ToSyntheticRecord" >> beam.Map(to_record, beam.pvalue.AsSingleton(total)))

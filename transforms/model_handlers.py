@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Sequence
 
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from offline_models.encoder import MAX_TEXTS_PER_CALL
 from offline_models.joint_decoding import GenerationRequest
@@ -116,3 +117,25 @@ class CausalLmHandler(_KerasModelHandler):
                 return sum(len(p) for p in element.prompts)
             return len(element)
         return 4 * sum(rows(e) for e in batch)
+
+
+class GenerateInFixedCalls(beam.PTransform):
+    """(call index, GenerationRequest) -> PredictionResults, one model call per index.
+
+    Logits differ in their last bits with the rows computed together, so
+    leaving the grouping to the runner's batching would let runners (and
+    retries) release different bytes. Requests of a call run in order of
+    `sort_key`.
+    """
+
+    def __init__(self, lm: str, *, sort_key):
+        super().__init__()
+        self._handler = CausalLmHandler(lm).with_no_batching()
+        self._sort_key = sort_key
+
+    def expand(self, keyed_requests):
+        sort_key = self._sort_key
+        return (keyed_requests
+                | "GroupIntoCalls" >> beam.GroupByKey()
+                | "OrderRequests" >> beam.Map(lambda call: sorted(call[1], key=sort_key))
+                | "RunInference" >> RunInference(self._handler))

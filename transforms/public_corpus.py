@@ -10,12 +10,11 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
 
 from offline_models.joint_decoding import GenerationRequest
 from transforms import clustering
 from transforms.embed import EmbedRecords
-from transforms.model_handlers import CausalLmHandler
+from transforms.model_handlers import GenerateInFixedCalls
 from transforms.private_generation import PublicSamplingChooser, render_prompt
 from transforms.read import NAMESPACE, ReadRecords
 from transforms.records import RecordSchema
@@ -52,15 +51,11 @@ class GeneratePublicCorpus(beam.PTransform):
                 max_new_tokens=self._max_new_tokens, stop_text=self._stop_text)
 
         per_call = self._batches_per_call
-        # A fixed grouping of samples into model calls, as in GenerateSynthetic,
-        # so the corpus (and the centres) are the same bytes on every runner.
+        # Fixed calls: the corpus, and so the centres, are the same bytes on every runner.
         return (pbegin
                 | "Indices" >> beam.Create(range(self._size))
                 | "ToRequest" >> beam.Map(lambda index: (index // per_call, request(index)))
-                | "GroupIntoCalls" >> beam.GroupByKey()
-                | "OrderRequests" >> beam.Map(
-                    lambda call: sorted(call[1], key=lambda r: r.key))
-                | "RunInference" >> RunInference(CausalLmHandler(self._lm).with_no_batching())
+                | "Generate" >> GenerateInFixedCalls(self._lm, sort_key=lambda r: r.key)
                 # Empty texts stay: they are public points like any other.
                 | "Text" >> beam.Map(lambda prediction: prediction.inference.text.strip()))
 

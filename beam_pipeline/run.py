@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import apache_beam as beam
@@ -14,6 +15,7 @@ from beam_pipeline.options import DpSynthOptions
 from beam_pipeline.pipeline import build_pipeline
 from beam_pipeline.plan import PlanError, check_budget, make_plan
 from offline_models import registry
+from offline_models.loading import TINY_ENCODER, TINY_LM
 
 # The embedded runner: Beam's DirectRunner may first try the Prism runner,
 # which downloads a binary; FnApiRunner runs in this process (or, with
@@ -31,29 +33,31 @@ def pipeline_options(argv) -> DpSynthOptions:
 
 def preflight(plan) -> None:
     """User mistakes that would otherwise surface as tracebacks deep in a job."""
-    try:
-        matched = FileSystems.match([plan.input])[0].metadata_list
-    except Exception as error:  # noqa: BLE001 - any filesystem error is a bad --input here
-        raise PlanError(f"cannot read --input {plan.input}: {_first_line(error)}") from None
-    if not matched:
-        raise PlanError(f"--input {plan.input} matches no file")
-    if plan.public_input and not FileSystems.match([plan.public_input])[0].metadata_list:
-        raise PlanError(f"--public_input {plan.public_input} matches no file")
+    _require_match("--input", plan.input)
+    if plan.public_input:
+        _require_match("--public_input", plan.public_input)
     for reference, resolve in ((plan.lm, registry.resolve_lm),
                                (plan.encoder, registry.resolve_encoder)):
-        if reference not in ("tiny-llama3", "tiny-bert"):
+        if reference not in (TINY_LM, TINY_ENCODER):
             resolve(reference)
     probe = FileSystems.join(plan.output, ".dpsynth-write-check")
     try:
         if not plan.output.startswith("gs://"):
-            import os
-
             os.makedirs(plan.output, exist_ok=True)
         with FileSystems.create(probe) as handle:
             handle.write(b"ok")
         FileSystems.delete([probe])
     except Exception as error:  # noqa: BLE001
         raise PlanError(f"cannot write to --output {plan.output}: {_first_line(error)}") from None
+
+
+def _require_match(option: str, pattern: str) -> None:
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as error:  # noqa: BLE001 - any filesystem error means a bad path here
+        raise PlanError(f"cannot read {option} {pattern}: {_first_line(error)}") from None
+    if not matched:
+        raise PlanError(f"{option} {pattern} matches no file")
 
 
 def run(argv, *, say=print) -> dict:

@@ -8,6 +8,7 @@ its backend at first import).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 from pathlib import Path
@@ -35,11 +36,30 @@ def load_keras_causal_lm(reference: str):
 
 
 def load_keras_causal_lm_folder(folder: Path):
-    """Loads a converted (Hugging Face layout) or native keras-hub preset folder."""
-    use_tensorflow_backend()
-    from offline_models.quality import load_causal_lm as load_folder
+    """Loads a converted (Hugging Face layout) or native keras-hub preset folder.
 
-    return load_folder(folder)
+    keras-hub's generic `CausalLM.from_preset` picks the task class from the
+    folder's config in both layouts. Its preprocessors add a start token by
+    default; a folder whose tokenizer config says the model was trained
+    without one (SmolLM2) gets `add_start_token = False`.
+    """
+    use_tensorflow_backend()
+    import keras_hub
+
+    causal_lm = keras_hub.models.CausalLM.from_preset(str(folder), dtype="float32")
+    add_bos = folder_adds_start_token(folder)
+    if add_bos is not None and causal_lm.preprocessor is not None:
+        causal_lm.preprocessor.add_start_token = add_bos
+    return causal_lm
+
+
+def folder_adds_start_token(folder) -> bool | None:
+    """`add_bos_token` from the folder's tokenizer_config.json; None when it does not say."""
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text(encoding="utf-8")).get("add_bos_token")
+    return None if value is None else bool(value)
 
 
 _LOAD_LOCK = threading.Lock()

@@ -10,10 +10,6 @@ Keras is imported inside the functions: it fixes its backend at first import.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 
 REFERENCE_PARAGRAPH = (
@@ -87,33 +83,6 @@ def top_next_token(causal_lm, prompt: str) -> tuple[str, float]:
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     return str(text), probability
-
-
-def load_causal_lm(folder: str | os.PathLike):
-    """Load a converted Hugging Face layout folder or a native keras-hub preset folder.
-
-    keras-hub's generic `CausalLM.from_preset` picks the task class from the
-    folder's config in both layouts. keras-hub's preprocessors always add a
-    start token by default; a folder whose tokenizer config says the model was
-    trained without one (SmolLM2) gets `add_start_token = False`.
-    """
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras_hub
-
-    causal_lm = keras_hub.models.CausalLM.from_preset(str(folder), dtype="float32")
-    add_bos = folder_adds_start_token(folder)
-    if add_bos is not None and causal_lm.preprocessor is not None:
-        causal_lm.preprocessor.add_start_token = add_bos
-    return causal_lm
-
-
-def folder_adds_start_token(folder: str | os.PathLike) -> bool | None:
-    """`add_bos_token` from the folder's tokenizer_config.json; None when it does not say."""
-    path = Path(folder) / "tokenizer_config.json"
-    if not path.is_file():
-        return None
-    value = json.loads(path.read_text(encoding="utf-8")).get("add_bos_token")
-    return None if value is None else bool(value)
 
 
 def _prompt_ids(causal_lm, text: str) -> list[int]:

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
-from offline_models import gguf_to_hf, quality  # noqa: E402
+from offline_models import gguf_to_hf, loading, quality  # noqa: E402
 from offline_models.gguf_to_hf import (  # noqa: E402
     UnsupportedGGUFError,
     architecture_of,
@@ -207,7 +207,7 @@ def tiny_llama(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_llama_lm(tiny_llama):
-    return quality.load_causal_lm(tiny_llama[1])
+    return loading.load_keras_causal_lm_folder(tiny_llama[1])
 
 
 @pytest.mark.parametrize("heads,rows,cols", [(4, 64, 32), (3, 192, 8), (1, 16, 5), (9, 576, 4)])
@@ -271,7 +271,7 @@ def test_tokenizer_files(tiny_llama):
     assert tokenizer_config["add_bos_token"] is False
     assert (tokenizer_config["bos_token"], tokenizer_config["eos_token"]) == (
         "<|im_start|>", "<|im_end|>")
-    assert quality.folder_adds_start_token(folder) is False
+    assert loading.folder_adds_start_token(folder) is False
 
 
 def test_hf_tokenizers_reads_the_tokenizer(tiny_llama):
@@ -554,7 +554,7 @@ def test_gemma3_sentencepiece_model(tiny_gemma3):
 
 def test_gemma3_loads_in_keras_hub(tiny_gemma3):
     _, folder, norms, _ = tiny_gemma3
-    lm = quality.load_causal_lm(folder)
+    lm = loading.load_keras_causal_lm_folder(folder)
     assert type(lm).__name__ == "Gemma3CausalLM"
     assert lm.preprocessor.add_start_token is True
     block = lm.backbone.get_layer("decoder_block_0")
@@ -589,7 +589,7 @@ def test_real_smollm2_conversion(tmp_path):
     assert summary["architecture"] == "llama"
     assert summary["vocab_size"] == 49152
     assert 134e6 < summary["n_parameters"] < 135e6
-    lm = quality.load_causal_lm(tmp_path / "smollm2")
+    lm = loading.load_keras_causal_lm_folder(tmp_path / "smollm2")
     assert lm.preprocessor.add_start_token is False
     loss = quality.mean_next_token_loss(lm, quality.REFERENCE_PARAGRAPH)
     assert loss <= quality.MAX_REFERENCE_LOSS_BY_FAMILY["llama"]
@@ -610,7 +610,7 @@ def test_real_gemma3_conversion(tmp_path):
     gguf_path.unlink()
     assert summary["architecture"] == "gemma3"
     assert summary["vocab_size"] == 262144
-    lm = quality.load_causal_lm(tmp_path / "gemma3")
+    lm = loading.load_keras_causal_lm_folder(tmp_path / "gemma3")
     loss = quality.mean_next_token_loss(lm, quality.REFERENCE_PARAGRAPH)
     assert loss <= quality.MAX_REFERENCE_LOSS_BY_FAMILY["gemma3"]
     # A base model: after "The capital of France is" it prefers " the"; one

@@ -19,11 +19,17 @@ class Batch:
     members: tuple          # Records, in a fixed order
 
 
+def planned_batches(release, expected_batch_size: int) -> list:
+    """(cluster key, batch index) of every planned batch: a function of the DP release only."""
+    return [(key, index)
+            for key, count in sorted(release.batch_counts(expected_batch_size).items(), key=repr)
+            for index in range(count)]
+
+
 def planned_batch_id_list(release, expected_batch_size: int) -> list:
-    """Every planned batch id, sorted: a function of the DP release only."""
-    return sorted(batch_id(key, index)
-                  for key, count in release.batch_counts(expected_batch_size).items()
-                  for index in range(count))
+    """Every planned batch id, sorted."""
+    return sorted(batch_id(key, index) for key, index in planned_batches(release,
+                                                                         expected_batch_size))
 
 
 class AssignToBatches(beam.PTransform):
@@ -45,14 +51,9 @@ class AssignToBatches(beam.PTransform):
         batched = Metrics.counter(NAMESPACE, "records_batched")
         unbatched = Metrics.counter(NAMESPACE, "records_unbatched")
 
-        def planned(release):
-            for key, count in sorted(release.batch_counts(s).items(), key=repr):
-                for index in range(count):
-                    yield (key, index), None
-
-        def to_batch_key(keyed_record, release):
+        def to_batch_key(keyed_record, batch_counts):
             key, record = keyed_record
-            count = release.batch_counts(s).get(key, 0)
+            count = batch_counts.get(key, 0)
             if count == 0:  # a cluster whose noisy count planned no batch
                 unbatched.inc()
                 return []
@@ -66,9 +67,12 @@ class AssignToBatches(beam.PTransform):
             members = tuple(sorted(parts["members"], key=lambda r: (r.record_id, r.source)))
             return Batch(batch_id(key, index), key[0], key[1], members)
 
-        release = beam.pvalue.AsSingleton(self._release)
-        planned_keys = self._release | "PlannedBatches" >> beam.FlatMap(planned)
-        members = clustered | "HashIntoBatches" >> beam.FlatMap(to_batch_key, release)
+        # Counted once from the release, not once per record.
+        batch_counts = self._release | "BatchCounts" >> beam.Map(lambda r: r.batch_counts(s))
+        planned_keys = self._release | "PlannedBatches" >> beam.FlatMap(
+            lambda r: [(planned, None) for planned in planned_batches(r, s)])
+        members = clustered | "HashIntoBatches" >> beam.FlatMap(
+            to_batch_key, beam.pvalue.AsSingleton(batch_counts))
         return ({"planned": planned_keys, "members": members}
                 | "GroupByBatch" >> beam.CoGroupByKey()
                 | "ToBatch" >> beam.Map(to_batch))

@@ -50,8 +50,7 @@ class ClusterRelease:
 
     def cluster_of(self, label, embedding) -> tuple:
         usable = self.usable[label]
-        nearest = clustering.nearest_centre(embedding[None, :], self.centres[label][usable])[0]
-        return label, int(usable[nearest])
+        return label, int(usable[_nearest_index(embedding, self.centres[label][usable])])
 
 
 class ClusterStatsCombineFn(beam.CombineFn):
@@ -83,10 +82,18 @@ class ClusterStatsCombineFn(beam.CombineFn):
         return accumulator
 
 
-def _label_domain(config: ClusteringConfig, stats: dict) -> tuple:
+def _label_domain(config: ClusteringConfig, observed_labels) -> tuple:
+    """The public label domain, or the observed labels when none was given."""
     if config.labels is not None:
         return tuple(config.labels)
-    return tuple(sorted({label for label, _ in stats}, key=lambda x: (x is None, str(x))))
+    return tuple(sorted(set(observed_labels), key=lambda x: (x is None, str(x))))
+
+
+def _nearest_index(embedding, centres) -> int:
+    # One centre (uniform clustering's placeholder among them) needs no distance.
+    if len(centres) == 1:
+        return 0
+    return int(clustering.nearest_centre(embedding[None, :], centres)[0])
 
 
 def release_histogram(stats: dict, centres: dict, config: ClusteringConfig, secret: str, *,
@@ -96,7 +103,7 @@ def release_histogram(stats: dict, centres: dict, config: ClusteringConfig, secr
     Every cell gets noise, empty ones included, so the set of released cells
     does not depend on the data.
     """
-    labels = _label_domain(config, stats)
+    labels = _label_domain(config, (label for label, _ in stats))
     noisy, usable = {}, {}
     for label in labels:
         k = len(centres[label])
@@ -136,36 +143,33 @@ class Cluster(beam.PTransform):
 
     def expand(self, embedded):
         config, secret = self._config, self._secret
+        observed_labels = (embedded
+                           | "Labels" >> beam.Map(lambda pair: pair[0].label)
+                           | "DistinctLabels" >> beam.Distinct()
+                           | "LabelList" >> beam.combiners.ToList())
         if config.mode == UNIFORM:
             centres = embedded.pipeline | "NoCentres" >> beam.Create([None])
         elif config.mode == PUBLIC_CENTERS:
             centres = self._public_centres
         else:
-            centres = embedded | "DpKMeans" >> DpKMeans(config, secret)
+            centres = embedded | "DpKMeans" >> DpKMeans(config, secret, observed_labels)
 
-        def per_label_centres(shared, stats_labels):
-            labels = _label_domain(config, {(label, 0): None for label in stats_labels})
+        def per_label_centres(shared, labels_seen):
+            labels = _label_domain(config, labels_seen)
             if shared is None:  # uniform: one cluster per label
                 return {label: np.zeros((1, 1)) for label in labels}
             if isinstance(shared, dict):
                 return shared
             return {label: shared for label in labels}
 
-        observed_labels = (embedded
-                           | "Labels" >> beam.Map(lambda pair: pair[0].label)
-                           | "DistinctLabels" >> beam.Distinct()
-                           | "LabelList" >> beam.combiners.ToList())
         label_centres = (centres
                          | "CentresPerLabel" >> beam.Map(
                              per_label_centres, beam.pvalue.AsSingleton(observed_labels)))
 
         def nearest_of_all(pair, centres_by_label):
             record, embedding = pair
-            label_centres_ = centres_by_label[record.label]
-            if label_centres_.shape[1] == 1:
-                return (record.label, 0), embedding
-            index = clustering.nearest_centre(embedding[None, :], label_centres_)[0]
-            return (record.label, int(index)), embedding
+            return (record.label, _nearest_index(embedding, centres_by_label[record.label])), \
+                embedding
 
         stats = (embedded
                  | "NearestCentre" >> beam.Map(nearest_of_all, beam.pvalue.AsSingleton(label_centres))
@@ -181,8 +185,6 @@ class Cluster(beam.PTransform):
         def assign(pair, release_):
             record, embedding = pair
             assigned_counter.inc()
-            if release_.centres[record.label].shape[1] == 1:
-                return (record.label, 0), record
             return release_.cluster_of(record.label, embedding), record
 
         clustered = embedded | "AssignToCluster" >> beam.Map(
@@ -214,33 +216,32 @@ class _NoisyLloydStep(beam.DoFn):
 class DpKMeans(beam.PTransform):
     """T unrolled noisy Lloyd rounds; the centres travel as a singleton side input."""
 
-    def __init__(self, config: ClusteringConfig, secret: str):
+    def __init__(self, config: ClusteringConfig, secret: str, observed_labels):
         super().__init__()
         self._config = config
         self._secret = secret
+        self._observed_labels = observed_labels
 
     def expand(self, embedded):
         config, secret = self._config, self._secret
 
         def initial_centres(labels_and_dimension):
             labels, dimension = labels_and_dimension
-            domain = _label_domain(config, {(label, 0): None for label in labels})
+            domain = _label_domain(config, labels)
             return {label: clustering.random_unit_centres(
                 config.kmeans_clusters, dimension,
                 keyed_generator(secret, DP_KMEANS, "init", label)) for label in domain}
 
-        labels = (embedded | "Labels" >> beam.Map(lambda pair: pair[0].label)
-                  | "DistinctLabels" >> beam.Distinct() | "LabelList" >> beam.combiners.ToList())
         dimension = (embedded | "Dimension" >> beam.Map(lambda pair: len(pair[1]))
                      | "OneDimension" >> beam.combiners.Top.Largest(1)
                      | "Unwrap" >> beam.Map(lambda top: top[0]))
-        centres = ((labels, dimension) | "Zip" >> _ZipSingletons()
+        centres = ((self._observed_labels, dimension) | "Zip" >> _ZipSingletons()
                    | "InitialCentres" >> beam.Map(initial_centres))
         for round_index in range(config.kmeans_rounds):
             stats = (embedded
                      | f"Assign {round_index}" >> beam.Map(
-                         lambda pair, c: ((pair[0].label, int(clustering.nearest_centre(
-                             pair[1][None, :], c[pair[0].label])[0])), pair[1]),
+                         lambda pair, c: ((pair[0].label, _nearest_index(pair[1], c[pair[0].label])),
+                                          pair[1]),
                          beam.pvalue.AsSingleton(centres))
                      | f"SumsAndCounts {round_index}" >> beam.CombineGlobally(
                          ClusterStatsCombineFn(with_sums=True)))

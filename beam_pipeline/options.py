@@ -9,7 +9,7 @@ from offline_models import registry
 DEFAULT_TEMPLATE = "Review ({label}):\n{text}\n\nAnother review ({label}):\n"
 DEFAULT_UNLABELLED_TEMPLATE = "Review:\n{text}\n\nAnother review:\n"
 CLUSTERINGS = ("uniform", "public_centers", "dp_kmeans")
-AGGREGATORS = ("mean", "median")
+AGGREGATORS = ("mean", "median", "median_ptr")
 
 
 class DpSynthOptions(PipelineOptions):
@@ -48,8 +48,10 @@ class DpSynthOptions(PipelineOptions):
                             help="uniform (one cluster, 2024 method), public_centers (k-means "
                                  "on a public corpus, 2025 method) or dp_kmeans")
         method.add_argument("--aggregator", choices=AGGREGATORS, default="median",
-                            help="clipped mean (formal guarantee) or coordinate-wise median "
-                                 "(ex-post guarantee, reported beside its formal worst case)")
+                            help="clipped mean (formal guarantee), coordinate-wise median "
+                                 "(ex-post guarantee, reported beside its formal worst case) or "
+                                 "median_ptr (the median behind a private stability test: formal "
+                                 "guarantee at the proposed bound --ptr_bound)")
         method.add_argument("--batch_size", type=int, default=8,
                             help="s, the expected number of records per batch")
         method.add_argument("--temperature", type=float, default=1.0,
@@ -73,6 +75,16 @@ class DpSynthOptions(PipelineOptions):
                                  "(default: --max_new_tokens)")
         method.add_argument("--public_temperature", type=float, default=1.0,
                             help="temperature of free public tokens")
+        method.add_argument("--ptr_bound", type=float, default=None,
+                            help="median_ptr: b, the proposed bound on the median's local "
+                                 "sensitivity; tokens cost b^2/(2 tau^2) (default: 2 c/s)")
+        method.add_argument("--ptr_svt_epsilon", type=float, default=1.0,
+                            help="median_ptr: epsilon of the one sparse-vector stability test "
+                                 "per sequence; larger passes more often (the threshold is set "
+                                 "from half of --delta)")
+        method.add_argument("--ptr_fallback", choices=("mean", "stop"), default="mean",
+                            help="median_ptr: after a failed test, continue with the clipped "
+                                 "mean (charged the larger of the two costs) or stop the text")
         method.add_argument("--prompt_template", default=None,
                             help="completion prompt with {text} and, with labels, {label}; "
                                  "the public prompt is the same with empty text")

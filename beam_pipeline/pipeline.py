@@ -87,6 +87,9 @@ def report_parameters(plan: RunPlan) -> dict:
         "prompt_template": plan.template, "labels": list(plan.labels) if plan.labels else None,
         "run_secret": "fixed by --run_secret" if plan.secret_is_fixed else "fresh from the OS",
     }
+    if g.ptr:
+        parameters.update(ptr_bound=g.ptr.bound, ptr_svt_epsilon=g.ptr.svt_epsilon,
+                          ptr_threshold=g.ptr.threshold, ptr_fallback=g.ptr.fallback)
     if g.public_tokens:
         parameters.update(gate_threshold=g.gate_threshold, gate_noise=g.gate_noise,
                           max_private_tokens=g.private_token_cap)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from beam_pipeline import options as opts
 from transforms.accounting import PrivacyLedger
+from transforms import median_ptr
 from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, UNIFORM, ClusteringConfig
 from transforms.private_generation import GenerationConfig, check_template
 from transforms.randomness import new_run_secret
@@ -69,6 +70,11 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     _require(o.top_k is None or o.top_k >= 1, "--top_k must be >= 1")
     _require(o.histogram_noise > 0, "--histogram_noise must be > 0")
     _require(o.gate_noise > 0, "--gate_noise must be > 0")
+    _require(o.ptr_svt_epsilon > 0, "--ptr_svt_epsilon must be > 0")
+    _require(o.ptr_bound is None or 0 < o.ptr_bound < 2 * o.clip,
+             "--ptr_bound must lie in (0, 2 * --clip): the median never moves by more than 2c")
+    _require(not (o.aggregator == "median_ptr" and o.public_tokens),
+             "--public_tokens does not combine with --aggregator median_ptr yet: drop one")
     _require(o.kmeans_rounds >= 1 and o.kmeans_clusters >= 1,
              "--kmeans_rounds and --kmeans_clusters must be >= 1")
     _require(o.kmeans_sum_noise > 0 and o.kmeans_count_noise > 0,
@@ -102,7 +108,8 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         expected_batch_size=o.batch_size, max_new_tokens=o.max_new_tokens, top_k=o.top_k,
         public_tokens=o.public_tokens, gate_threshold=o.gate_threshold,
         gate_noise=o.gate_noise, max_private_tokens=o.max_private_tokens,
-        public_temperature=o.public_temperature)
+        public_temperature=o.public_temperature,
+        ptr=_ptr_settings(o) if o.aggregator == "median_ptr" else None)
     secret = o.run_secret or new_run_secret()
     stop_text = o.stop_text.replace("\\n", "\n") if o.stop_text else None
     return RunPlan(
@@ -137,7 +144,8 @@ def plan_ledger(plan: RunPlan) -> PrivacyLedger:
         GENERATION_STAGE, rule=generation.aggregator, clip=generation.clip,
         temperature=generation.temperature, max_private_tokens=generation.private_token_cap,
         expected_batch_size=generation.expected_batch_size,
-        gate_noise_scale=generation.gate_noise if generation.public_tokens else None)
+        gate_noise_scale=generation.gate_noise if generation.public_tokens else None,
+        ptr=generation.ptr)
     return ledger
 
 
@@ -150,6 +158,13 @@ def check_budget(plan: RunPlan) -> float:
             f"--target_epsilon {plan.target_epsilon:g}: lower --clip or --max_new_tokens, or "
             "raise --batch_size, --temperature or the noise")
     return epsilon
+
+
+def _ptr_settings(o) -> median_ptr.PtrSettings:
+    bound = o.ptr_bound if o.ptr_bound is not None else 2.0 * o.clip / o.batch_size
+    return median_ptr.PtrSettings.for_run(
+        bound=bound, svt_epsilon=o.ptr_svt_epsilon, fallback=o.ptr_fallback,
+        max_tokens=o.max_new_tokens, delta=o.delta * median_ptr.TEST_DELTA_SHARE)
 
 
 def _label_values(spec: str) -> tuple:

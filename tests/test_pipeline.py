@@ -135,3 +135,34 @@ def test_each_privacy_unit_contributes_one_record(tmp_path):
     assert summary["records_after_unit_bound"] == summary["records_embedded"] == 16
     report = json.loads((out / "privacy_report.json").read_text())
     assert "privacy unit (column 'user')" in report["privacy_unit"]
+
+
+@pytest.mark.parametrize("fallback", ["mean", "stop"])
+def test_median_ptr_runs_with_a_formal_report(tmp_path, reviews, fallback):
+    out = tmp_path / "out"
+    summary = run(tiny_args(reviews, out, "--clustering", "uniform", "--aggregator",
+                            "median_ptr", "--ptr_fallback", fallback, "--ptr_svt_epsilon", "20",
+                            "--clip", "2", "--ptr_bound", "1.5"), say=lambda _: None)
+    report = json.loads((out / "privacy_report.json").read_text())
+    generation = next(s for s in report["stages"] if s["stage"] == "generation")
+    test, tokens = generation["mechanisms"]
+    assert test["mechanism"].startswith("stability test")
+    assert test["parameters"]["proposed_bound_b"] == 1.5
+    assert 0 < report["delta_of_mechanisms"] <= report["delta"] / 2
+    assert report["ex_post"] == {}
+    counts = report["tokens"]["generation"]
+    assert counts["batches"] == summary["planned_batches"] == summary["synthetic_records"]
+    # A lenient bound and a costly test: some tokens pass, and every token is counted.
+    assert 0 < counts["median_tokens"] <= counts["private_tokens"] == summary["tokens"]
+    if fallback == "stop":
+        # After a failed test nothing more is sampled: every token came from the median.
+        assert counts["median_tokens"] == counts["private_tokens"]
+    assert report["parameters"]["ptr_fallback"] == fallback
+    assert "stability test" in (out / "privacy_report.md").read_text()
+
+
+def test_median_ptr_refuses_the_public_token_gate(tmp_path, reviews, capsys):
+    code = cli.main(["run", *tiny_args(reviews, tmp_path / "no", "--aggregator", "median_ptr",
+                                       "--public_tokens")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "median_ptr" in err and len(err.splitlines()) == 1

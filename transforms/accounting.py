@@ -18,12 +18,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import dp_accounting
 import numpy as np
 
-from transforms import aggregation
+from transforms import aggregation, median_ptr
 
 ADJACENCY = "adding or removing one privacy unit"
 EX_POST_LABEL = ("ex-post (data-dependent, Ligett et al. 2017): the realised "
                  "cost of this run's data, NOT a formal (epsilon, delta) guarantee")
-RULES = ("mean", "median")
+RULES = ("mean", "median", "median_ptr")
 
 
 class PrivacyBudgetError(ValueError):
@@ -46,8 +46,31 @@ def _repeated(event: dp_accounting.DpEvent, count: int) -> dp_accounting.DpEvent
     return event if count == 1 else dp_accounting.SelfComposedDpEvent(event, count)
 
 
+def pure_dp_event(epsilon: float) -> dp_accounting.DpEvent:
+    """Any epsilon-DP mechanism, as binary randomized response at that epsilon.
+
+    Every epsilon-DP pair of output distributions is a post-processing of binary
+    randomized response's pair (Kairouz, Oh and Viswanath 2015), so that pair's
+    Renyi curve bounds the mechanism at every order. It is capped at epsilon,
+    where the zCDP view (epsilon^2/2 at every order) grows without bound.
+    """
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}.")
+    return dp_accounting.RandomizedResponseDpEvent(
+        noise_parameter=2.0 / (1.0 + math.exp(epsilon)), num_buckets=2)
+
+
+def _accountant() -> dp_accounting.rdp.RdpAccountant:
+    # Adjacency is add-or-remove-one. The Gaussian and zCDP curves the ledger uses
+    # do not depend on the accountant's relation; REPLACE_ONE only selects, for
+    # `pure_dp_event`, the curve between binary randomized response's two output
+    # distributions, which is the bound that event stands for under any adjacency.
+    return dp_accounting.rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+
+
 def _epsilon(events: Iterable[dp_accounting.DpEvent], delta: float) -> float:
-    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant = _accountant()
     for event in events:
         accountant.compose(event)
     return float(accountant.get_epsilon(delta))
@@ -67,6 +90,7 @@ class LedgerEntry:
     parameters: Mapping[str, Any]
     explanation: str
     ex_post_replaceable: bool = False
+    delta: float = 0.0     # probability the entry's bound fails, added to the ledger's delta
 
 
 @dataclasses.dataclass
@@ -74,6 +98,8 @@ class _BatchRecord:
     tokens: int
     private_tokens: int
     token_rhos: tuple[float, ...]
+    median_tokens: int | None = None   # median_ptr: tokens sampled while the test passed
+    test_failed: bool = False
 
 
 def token_entry(stage: str, *, rule: str, clip: float, temperature: float,
@@ -113,6 +139,53 @@ def token_entry(stage: str, *, rule: str, clip: float, temperature: float,
     raise ValueError(f"Unknown aggregation rule {rule!r}; use one of {RULES}.")
 
 
+def median_ptr_entries(stage: str, *, clip: float, temperature: float,
+                       expected_batch_size: float, max_private_tokens: int,
+                       ptr: median_ptr.PtrSettings) -> list[LedgerEntry]:
+    """The median with propose-test-release: one sparse-vector test per sequence,
+    tokens charged at the proposed bound b (or at the mean's cost after a failed
+    test, whichever is larger), and the test's chance of passing at gamma = 0
+    as delta (docs/privacy.md)."""
+    tokens = int(max_private_tokens)
+    svt_epsilon = ptr.svt_epsilon
+    ptr_delta = ptr.delta(tokens)
+    test = LedgerEntry(
+        stage, "stability test (sparse vector, AboveThreshold)",
+        pure_dp_event(svt_epsilon),
+        {"proposed_bound_b": ptr.bound, "noise_scale_sigma": ptr.noise_scale,
+         "threshold_T": ptr.threshold, "svt_epsilon": svt_epsilon,
+         "max_private_tokens": tokens, "delta": ptr_delta},
+        f"Before each token the distance gamma (edits until the median's local "
+        f"sensitivity exceeds b = {ptr.bound:.4g}; it moves by at most 1) plus "
+        f"Lap(2 sigma) is compared with T + Lap(sigma), T = {ptr.threshold:.4g}, "
+        f"sigma = {ptr.noise_scale:.4g}; the first failure ends the test, so the whole "
+        f"sequence costs one AboveThreshold, {svt_epsilon:.4g}-DP (accounted with the "
+        f"Renyi curve of binary randomized response, which bounds every "
+        f"{svt_epsilon:.4g}-DP mechanism). Passing while gamma = 0 has probability "
+        f"{ptr_delta / tokens:.3g} per step, {ptr_delta:.3g} over {tokens} steps: "
+        f"that is added to delta.",
+        delta=ptr_delta)
+    rho_bound = aggregation.token_rho_median(ptr.bound, temperature)
+    rho_mean = (aggregation.token_rho_mean(clip, expected_batch_size, temperature)
+                if ptr.fallback == "mean" else 0.0)
+    rho = max(rho_bound, rho_mean)
+    after = ("the clipped mean (c/s = "
+             f"{clip / expected_batch_size:.4g}, {rho_mean:.4g}-zCDP a token)"
+             if ptr.fallback == "mean" else "nothing (the sequence stops)")
+    sampled = LedgerEntry(
+        stage, "exponential mechanism on the clipped median, sensitivity tested",
+        _repeated(dp_accounting.ZCDpEvent(rho), tokens),
+        {"clip_c": clip, "temperature_tau": temperature, "proposed_bound_b": ptr.bound,
+         "fallback": ptr.fallback, "expected_batch_size_s": expected_batch_size,
+         "max_private_tokens": tokens, "rho_per_token": rho},
+        f"While the test passes, a token is sampled from softmax(median/tau) and one "
+        f"record moves every score by at most b, so it is b^2/(2 tau^2) = "
+        f"{rho_bound:.4g}-zCDP; after a failure the sequence uses {after}. Whatever step "
+        f"the failure comes at, each of the at most {tokens} tokens costs at most "
+        f"{rho:.4g}-zCDP.")
+    return [test, sampled]
+
+
 def gate_entry(stage: str, *, noise_scale: float, expected_batch_size: float,
                max_private_tokens: int) -> LedgerEntry:
     """The public-token gate of one batch's sequence: one round per private token."""
@@ -140,6 +213,21 @@ class PrivacyLedger:
         self.privacy_unit = privacy_unit
         self._entries: list[LedgerEntry] = []
         self._batches: dict[str, dict[Any, _BatchRecord]] = {}
+
+    @property
+    def mechanism_delta(self) -> float:
+        """The part of delta the entries' own failure events take (median_ptr's test)."""
+        return math.fsum(e.delta for e in self._entries)
+
+    @property
+    def accountant_delta(self) -> float:
+        """What is left of delta for converting the composed RDP curve to epsilon."""
+        left = self.delta - self.mechanism_delta
+        if left <= 0:
+            raise ValueError(
+                f"The mechanisms' failure probability {self.mechanism_delta:.3g} uses up "
+                f"delta = {self.delta:g}.")
+        return left
 
     @property
     def entries(self) -> tuple[LedgerEntry, ...]:
@@ -172,7 +260,8 @@ class PrivacyLedger:
     def record_generation(self, stage: str, *, rule: str, clip: float,
                           temperature: float, max_private_tokens: int,
                           expected_batch_size: float | None = None,
-                          gate_noise_scale: float | None = None) -> list[LedgerEntry]:
+                          gate_noise_scale: float | None = None,
+                          ptr: median_ptr.PtrSettings | None = None) -> list[LedgerEntry]:
         """Formal cost of one batch's sequence, which is all a record takes part in.
 
         Record it once per run: the batches of every cluster and label are
@@ -183,9 +272,19 @@ class PrivacyLedger:
         """
         if stage in self._batches or any(e.stage == stage for e in self._entries):
             raise ValueError(f"Stage {stage!r} is already in the ledger.")
-        entries = [token_entry(stage, rule=rule, clip=clip, temperature=temperature,
-                               max_private_tokens=max_private_tokens,
-                               expected_batch_size=expected_batch_size)]
+        if rule == "median_ptr":
+            if ptr is None or expected_batch_size is None:
+                raise ValueError("median_ptr needs its PtrSettings and the expected batch "
+                                 "size s.")
+            if gate_noise_scale is not None:
+                raise ValueError("median_ptr does not combine with the public-token gate.")
+            entries = median_ptr_entries(stage, clip=clip, temperature=temperature,
+                                         expected_batch_size=expected_batch_size,
+                                         max_private_tokens=max_private_tokens, ptr=ptr)
+        else:
+            entries = [token_entry(stage, rule=rule, clip=clip, temperature=temperature,
+                                   max_private_tokens=max_private_tokens,
+                                   expected_batch_size=expected_batch_size)]
         if gate_noise_scale is not None:
             if expected_batch_size is None:
                 raise ValueError("The public-token gate needs the expected batch size s.")
@@ -197,9 +296,11 @@ class PrivacyLedger:
         return entries
 
     def record_batch(self, stage: str, batch_id: Any, *, tokens: int,
-                     private_tokens: int, token_rhos: Sequence[float] = ()) -> None:
+                     private_tokens: int, token_rhos: Sequence[float] = (),
+                     median_tokens: int | None = None, test_failed: bool = False) -> None:
         """What one batch's generation did: token counts and, for the median,
-        the ex-post rho of each private token."""
+        the ex-post rho of each private token; for median_ptr, the tokens sampled
+        from the median while the stability test passed and whether it failed."""
         if stage not in self._batches:
             raise KeyError(f"Record the generation stage {stage!r} first.")
         entries = [e for e in self._entries if e.stage == stage]
@@ -212,8 +313,15 @@ class PrivacyLedger:
             raise ValueError("The median rule needs one ex-post rho per private token.")
         if not median and len(token_rhos):
             raise ValueError("Only the median rule has ex-post per-token costs.")
+        tested = any(e.delta > 0 for e in entries)
+        if tested != (median_tokens is not None):
+            raise ValueError("median_tokens is given for, and only for, median_ptr stages.")
+        if tested and not 0 <= median_tokens <= private_tokens:
+            raise ValueError(f"Batch {batch_id!r}: {median_tokens} median tokens of "
+                             f"{private_tokens} private ones.")
         self._batches[stage][batch_id] = _BatchRecord(
-            int(tokens), int(private_tokens), tuple(float(r) for r in token_rhos))
+            int(tokens), int(private_tokens), tuple(float(r) for r in token_rhos),
+            None if median_tokens is None else int(median_tokens), bool(test_failed))
 
     # ----------------------------------------------------------- formal cost
 
@@ -222,7 +330,7 @@ class PrivacyLedger:
         events = [e.event for e in self._entries if stage in (None, e.stage)]
         if stage is not None and not events:
             raise KeyError(f"No stage {stage!r} in the ledger.")
-        return _epsilon(events, self.delta)
+        return _epsilon(events, self.accountant_delta)
 
     def require(self, target_epsilon: float) -> None:
         """Fails before any data is read if the formal cost exceeds the target."""
@@ -254,9 +362,9 @@ class PrivacyLedger:
             per_stage, per_total = [], []
             for record in batches.values():
                 realised = dp_accounting.ZCDpEvent(math.fsum(record.token_rhos))
-                per_stage.append(_epsilon(stage_events + [realised], self.delta))
+                per_stage.append(_epsilon(stage_events + [realised], self.accountant_delta))
                 per_total.append(_epsilon(other_events + stage_events + [realised],
-                                          self.delta))
+                                          self.accountant_delta))
             report[stage] = {
                 "label": EX_POST_LABEL,
                 "batches": len(batches),
@@ -276,6 +384,11 @@ class PrivacyLedger:
             private = sum(b.private_tokens for b in batches.values())
             result[stage] = {"batches": len(batches), "tokens": total,
                              "private_tokens": private, "public_tokens": total - private}
+            if any(b.median_tokens is not None for b in batches.values()):
+                result[stage]["median_tokens"] = sum(b.median_tokens
+                                                     for b in batches.values())
+                result[stage]["batches_whose_test_failed"] = sum(
+                    b.test_failed for b in batches.values())
         return result
 
     def to_dict(self) -> dict[str, Any]:
@@ -288,7 +401,8 @@ class PrivacyLedger:
                 "mechanisms": [{
                     "mechanism": e.mechanism,
                     "parameters": dict(e.parameters),
-                    "epsilon_alone": _epsilon([e.event], self.delta),
+                    "epsilon_alone": _epsilon([e.event], self.accountant_delta),
+                    "delta": e.delta,
                     "dp_event": repr(e.event),
                     "explanation": e.explanation,
                 } for e in self._entries if e.stage == stage],
@@ -297,6 +411,8 @@ class PrivacyLedger:
             "privacy_unit": self.privacy_unit,
             "adjacency": ADJACENCY,
             "delta": self.delta,
+            "delta_of_mechanisms": self.mechanism_delta,
+            "delta_of_accountant": self.accountant_delta if self._entries else self.delta,
             "accountant": "Renyi DP (dp_accounting.rdp.RdpAccountant)",
             "formal_epsilon": self.epsilon() if self._entries else 0.0,
             "stages": stages,
@@ -316,7 +432,14 @@ class PrivacyLedger:
             "- Generation is counted once: each unit is in exactly one batch, and "
             "batches see disjoint records.",
             "- Stage epsilons compose to less than their sum, so they do not add up "
-            "to the total.", ""]
+            "to the total."]
+        if report["delta_of_mechanisms"] > 0:
+            lines.append(
+                f"- delta = {self.delta:g} is split: {report['delta_of_mechanisms']:.3g} "
+                f"for the chance that the median's stability test passes where it should "
+                f"not, {report['delta_of_accountant']:.3g} for converting the composed "
+                f"Renyi curve to epsilon.")
+        lines.append("")
         for number, stage in enumerate(report["stages"], start=1):
             lines.append(f"{number}. **{stage['stage']}**: epsilon = "
                          f"{stage['epsilon']:.4g}.")
@@ -338,6 +461,11 @@ class PrivacyLedger:
                       f"- {counts['tokens']} tokens over {counts['batches']} batch(es): "
                       f"{counts['private_tokens']} private, "
                       f"{counts['public_tokens']} public."]
+            if "median_tokens" in counts:
+                lines.append(
+                    f"- {counts['median_tokens']} sampled from the median while the "
+                    f"stability test passed; the test failed in "
+                    f"{counts['batches_whose_test_failed']} batch(es).")
         return "\n".join(lines) + "\n"
 
 
@@ -377,5 +505,38 @@ def calibrate_mean_clip(*, target_epsilon: float, delta: float,
             f"The stages that do not depend on the clip already cost epsilon >= "
             f"{target_epsilon:g} at delta = {delta:g}: add noise to them.")
     return float(dp_accounting.calibrate_dp_mechanism(
-        dp_accounting.rdp.RdpAccountant, events, target_epsilon, delta,
+        _accountant, events, target_epsilon, delta,
+        bracket_interval=dp_accounting.LowerEndpointAndGuess(lowest, 1.0), tol=tol))
+
+
+def calibrate_median_ptr_clip(*, target_epsilon: float, delta: float,
+                              expected_batch_size: float, temperature: float,
+                              max_private_tokens: int, bound_ratio: float,
+                              svt_epsilon: float, fallback: str = "mean",
+                              gaussian_noise_multipliers: Sequence[float] = (),
+                              tol: float = 1e-6) -> float:
+    """Largest clip c of median_ptr, with b = bound_ratio * c / s, whose total
+    formal epsilon is <= target. The test takes its share of delta
+    (median_ptr.TEST_DELTA_SHARE); epsilon is met at the rest."""
+    s = float(expected_batch_size)
+    fixed = [dp_accounting.GaussianDpEvent(m) for m in gaussian_noise_multipliers]
+    test_delta = delta * median_ptr.TEST_DELTA_SHARE
+
+    def events(clip: float) -> dp_accounting.DpEvent:
+        ptr = median_ptr.PtrSettings.for_run(
+            bound=bound_ratio * clip / s, svt_epsilon=svt_epsilon, fallback=fallback,
+            max_tokens=max_private_tokens, delta=test_delta)
+        entries = median_ptr_entries("generation", clip=clip, temperature=temperature,
+                                     expected_batch_size=s,
+                                     max_private_tokens=max_private_tokens, ptr=ptr)
+        return dp_accounting.ComposedDpEvent(fixed + [e.event for e in entries])
+
+    accountant_delta = delta - test_delta
+    lowest = tol
+    if _epsilon([events(lowest)], accountant_delta) >= target_epsilon:
+        raise PrivacyBudgetError(
+            f"The clustering and the stability test alone already cost epsilon >= "
+            f"{target_epsilon:g}: add noise to the clustering or lower --ptr_svt_epsilon.")
+    return float(dp_accounting.calibrate_dp_mechanism(
+        _accountant, events, target_epsilon, accountant_delta,
         bracket_interval=dp_accounting.LowerEndpointAndGuess(lowest, 1.0), tol=tol))

@@ -31,6 +31,8 @@ class SyntheticRecord:
     public_tokens: int
     stopped_by: str
     token_rhos: tuple               # realised zCDP of each private token (accounting only)
+    median_tokens: int | None = None  # median_ptr: tokens sampled while the test passed
+    test_failed: bool = False         # median_ptr: whether the stability test failed
 
     def to_output(self) -> dict:
         """The released record: no accounting detail, which may depend on the data."""
@@ -121,7 +123,9 @@ class GenerateSynthetic(beam.PTransform):
                 batch_id=batch_id, text=result.text, label=label, cluster=cluster,
                 tokens=len(result.token_ids), private_tokens=chooser.private_tokens,
                 public_tokens=chooser.public_tokens, stopped_by=result.stopped_by,
-                token_rhos=tuple(chooser.token_rhos) if config.aggregator == "median" else ())
+                token_rhos=tuple(chooser.token_rhos) if config.aggregator == "median" else (),
+                median_tokens=chooser.median_tokens if config.ptr else None,
+                test_failed=chooser.test_failed)
 
         per_call = self._batches_per_call
         call_of = self._planned_batch_ids | "CallOfBatch" >> beam.Map(

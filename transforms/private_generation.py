@@ -13,16 +13,17 @@ import string
 
 import numpy as np
 
-from transforms import aggregation
+from transforms import aggregation, median_ptr
 from transforms.aggregation_combine_fns import ClippedMeanCombineFn, PrivateMedianCombineFn
 from transforms.randomness import keyed_generator
 
 GENERATION_STAGE = "generation"
+AGGREGATORS = ("mean", "median", "median_ptr")
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
-    aggregator: str                 # "mean" or "median"
+    aggregator: str                 # "mean", "median" or "median_ptr"
     clip: float
     temperature: float
     expected_batch_size: int
@@ -33,10 +34,15 @@ class GenerationConfig:
     gate_noise: float = 0.2
     max_private_tokens: int | None = None
     public_temperature: float = 1.0
+    ptr: median_ptr.PtrSettings | None = None     # median_ptr's bound, test and fallback
 
     def __post_init__(self):
-        if self.aggregator not in ("mean", "median"):
+        if self.aggregator not in AGGREGATORS:
             raise ValueError(f"unknown aggregator '{self.aggregator}'")
+        if (self.aggregator == "median_ptr") != (self.ptr is not None):
+            raise ValueError("median_ptr, and only median_ptr, takes PtrSettings")
+        if self.ptr is not None and self.public_tokens:
+            raise ValueError("median_ptr does not combine with the public-token gate")
 
     @property
     def private_token_cap(self) -> int:
@@ -45,8 +51,8 @@ class GenerationConfig:
         return self.max_new_tokens
 
 
-def combine_fn_for(config: GenerationConfig, vocab_size: int):
-    if config.aggregator == "mean":
+def combine_fn_for(config: GenerationConfig, vocab_size: int, *, rule: str | None = None):
+    if (rule or config.aggregator) == "mean":
         return ClippedMeanCombineFn(config.clip, config.expected_batch_size,
                                     vocab_size=vocab_size)
     return PrivateMedianCombineFn(config.clip, vocab_size=vocab_size)
@@ -75,7 +81,13 @@ class PrivateTokenChooser:
         self.public_tokens = 0
         self.token_rhos: list[float] = []          # realised zCDP of each private token
         self.local_sensitivities: list[float] = []
+        self.median_tokens = 0                     # median_ptr: sampled while the test passed
         self._gate = None
+        self._stability_test = None
+
+    @property
+    def test_failed(self) -> bool:
+        return self._stability_test is not None and self._stability_test.failed
 
     def _rng(self, step, purpose):
         return keyed_generator(self._secret, GENERATION_STAGE, self.batch_id, step, purpose)
@@ -101,7 +113,12 @@ class PrivateTokenChooser:
                                                 self._rng(step, "public"))
         elif self.private_tokens >= config.private_token_cap:
             return None
-        result = aggregate_rows(combine_fn_for(config, logits.shape[-1]), members)
+        rule = config.aggregator
+        if rule == "median_ptr":
+            rule = self._tested_rule(step, members, mask)
+            if rule is None:
+                return None
+        result = aggregate_rows(combine_fn_for(config, logits.shape[-1], rule=rule), members)
         aggregate = aggregation.apply_mask(result.aggregate, mask) if mask is not None \
             else result.aggregate
         token = aggregation.sample_token(aggregate, config.temperature, self._rng(step, "token"))
@@ -109,6 +126,27 @@ class PrivateTokenChooser:
         self.local_sensitivities.append(float(result.local_sensitivity))
         self.token_rhos.append(self._token_rho(result.local_sensitivity))
         return token
+
+    def _tested_rule(self, step: int, members: np.ndarray, mask) -> str | None:
+        """median_ptr: "median" while the stability test passes, then the fallback
+        ("mean", or None to stop the sequence)."""
+        ptr = self.config.ptr
+        if self._stability_test is None:
+            self._stability_test = median_ptr.StabilityTest(
+                threshold=ptr.threshold, noise_scale=ptr.noise_scale,
+                rng=self._rng(-1, "stability threshold"))
+        if not self._stability_test.failed:
+            if members.shape[0]:
+                clipped = aggregation.clip_logits(members, self.config.clip)
+            else:
+                clipped = np.zeros((0, members.shape[-1]))
+            # Masked tokens are -c for every member, present or added: they cannot move.
+            columns = clipped[:, mask] if mask is not None else clipped
+            gamma = median_ptr.distance_to_instability(columns, self.config.clip, ptr.bound)
+            if self._stability_test.passes(gamma, self._rng(step, "stability")):
+                self.median_tokens += 1
+                return "median"
+        return "mean" if ptr.fallback == "mean" else None
 
     def _token_rho(self, local_sensitivity: float) -> float:
         config = self.config

@@ -15,7 +15,9 @@ def privacy_report(ledger, synthetic_records, *, generation_stage: str, paramete
     """(JSON-able report, markdown). Feeds each batch's realised costs into the ledger."""
     for record in synthetic_records:
         ledger.record_batch(generation_stage, record.batch_id, tokens=record.tokens,
-                            private_tokens=record.private_tokens, token_rhos=record.token_rhos)
+                            private_tokens=record.private_tokens, token_rhos=record.token_rhos,
+                            median_tokens=record.median_tokens,
+                            test_failed=record.test_failed)
     report = ledger.to_dict()
     report["parameters"] = parameters
     notes = []

@@ -15,7 +15,8 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["beam_pipeline*", "transforms*", "offline_models*"]),
+    packages=find_packages(
+        include=["beam_pipeline*", "transforms*", "offline_models*", "evaluation*"]),
     install_requires=_requirements(),
     entry_points={"console_scripts": ["dpsynth=beam_pipeline.cli:main"]},
 )

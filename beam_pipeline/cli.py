@@ -59,6 +59,36 @@ def _parser():
     demo.add_argument("--run_secret", default=None)
     demo.set_defaults(run=_demo)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="score a synthetic dataset against real data: MAUVE, downstream "
+                         "accuracy, lengths, labels, verbatim copying",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate.add_argument("--synthetic", required=True,
+                          help="synthetic records (a file or a glob, e.g. out/synthetic-*.jsonl)")
+    evaluate.add_argument("--real", required=True,
+                          help="real records to compare with and test on (CSV, JSONL, Parquet, "
+                               "text), ideally held out from the private data")
+    evaluate.add_argument("--private", default=None,
+                          help="the private records the synthetic data came from: enables the "
+                               "memorisation check and trains the real-data baseline")
+    evaluate.add_argument("--label_column", action="append", default=[],
+                          help="a label column of the real data (repeat for several)")
+    evaluate.add_argument("--synthetic_label_column", default=None,
+                          help="which --label_column the synthetic records' 'label' field holds "
+                               "(default: the first)")
+    evaluate.add_argument("--text_column", default="text",
+                          help="text column of the real and private data")
+    evaluate.add_argument("--synthetic_text_column", default="text",
+                          help="text field of the synthetic records")
+    evaluate.add_argument("--output", default="output/evaluation", help="report directory")
+    evaluate.add_argument("--encoder", default=registry.DEFAULT_ENCODER,
+                          help="sentence encoder for MAUVE features and the classifiers")
+    evaluate.add_argument("--encoder_sequence_length", type=_positive_int, default=128,
+                          help="encoder tokens per text")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="seed of the subsampling, the split, k-means and the classifier")
+    evaluate.set_defaults(run=_evaluate)
+
     smoke = commands.add_parser(
         "smoke", help="embed three sentences and continue a prompt with the real models")
     smoke.add_argument("--lm", default=registry.DEFAULT_LM)
@@ -146,6 +176,30 @@ def _demo(args):
     output = Path(args.output) if args.output else demo.DEFAULT_OUTPUT
     demo.run_demo(input_path=input_path, output=output, records=args.records,
                   secret=args.run_secret)
+
+
+def _evaluate(args):
+    import time
+
+    from evaluation.data import InputError
+    from evaluation.evaluate import evaluate_files
+    from evaluation.report import summary_rows
+
+    def say(line):
+        print(f"{time.strftime('%H:%M:%S')} evaluate: {line}", file=sys.stderr, flush=True)
+
+    try:
+        result, paths = evaluate_files(
+            synthetic=args.synthetic, real=args.real, private=args.private, output=args.output,
+            label_columns=args.label_column, synthetic_label_column=args.synthetic_label_column,
+            text_column=args.text_column, synthetic_text_column=args.synthetic_text_column,
+            encoder=args.encoder, encoder_sequence_length=args.encoder_sequence_length,
+            seed=args.seed, say=say)
+    except InputError as error:
+        raise UsageError(str(error)) from None
+    for figure, value, _ in summary_rows(result):
+        print(f"  {figure}: {value}")
+    print(f"Report: {paths['html']} (figures in {paths['json']})")
 
 
 def _smoke(args):

@@ -76,20 +76,25 @@ def parse_file(path: str, data: bytes, schema: RecordSchema, file_format: str
                ) -> Iterator[Record | Rejected]:
     """Every row of one input file, as a Record or a Rejected."""
     name = path.rsplit("/", 1)[-1]
-    if file_format == "parquet":
-        rows = _parquet_rows(data)
-    elif file_format == "csv":
-        rows = _csv_rows(data)
-    elif file_format == "jsonl":
-        rows = _jsonl_rows(data)
-    else:
-        rows = _text_rows(data, schema.text_column)
-    for row_number, row in rows:
+    for row_number, row in iter_rows(data, file_format, schema.text_column):
         source = f"{name}:{row_number}"
         if isinstance(row, Rejected):
             yield dataclasses.replace(row, source=source)
         else:
             yield to_record(row, source, schema)
+
+
+def iter_rows(data: bytes, file_format: str, text_column: str = "text"
+              ) -> Iterator[tuple[int, dict | Rejected]]:
+    """(row number, raw row) for every row of one file; a row that cannot be parsed is a
+    Rejected without a source. Plain text gives one row per line, under `text_column`."""
+    if file_format == "parquet":
+        return _parquet_rows(data)
+    if file_format == "csv":
+        return _csv_rows(data)
+    if file_format == "jsonl":
+        return _jsonl_rows(data)
+    return _text_rows(data, text_column)
 
 
 def to_record(row: dict, source: str, schema: RecordSchema) -> Record | Rejected:

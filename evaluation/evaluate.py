@@ -1,0 +1,257 @@
+"""`evaluate`: every quality figure of a synthetic dataset against real (and private) records.
+
+Callable in-process with an already-loaded encoder; the `dpsynth evaluate` command reads the
+files and writes the report around it.
+
+Records are texts, or dicts with a "text" field and label fields:
+- a real or private dict holds each label column under its own name;
+- a synthetic dict may do the same, or carry one "label" field (what `dpsynth run` writes:
+  {"text", "label", "cluster"}), which holds the column named by `synthetic_label_column`
+  (default: the first label column).
+
+Downstream split: the classifier is tested on real records that no classifier was trained on.
+- With private records, the test set is all of `real_records` (a held-out set) and the
+  real-data baseline is trained on a sample of the private records as large as the
+  synthetic training set.
+- Without them, `real_records` is shuffled with the seed and split in two disjoint parts:
+  the first min(#synthetic, #real // 2) records are the baseline's training pool, the rest
+  is the test set.
+For each label column, only records that carry that label are used; the baseline takes as
+many pool records as the synthetic side has labelled records (all of the pool when the
+synthetic records carry no such label).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from evaluation import memorisation as memorisation_lib
+from evaluation import metrics
+
+# Texts per encoder call made here: the encoder splits them further (64 per model call);
+# each chunk ends with a progress line.
+_EMBED_CHUNK = 512
+
+
+def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
+             label_columns: Sequence[str] = (), encoder, seed: int = 0,
+             private_records: Iterable | None = None,
+             synthetic_label_column: str | None = None,
+             copy_ngram: int = memorisation_lib.COPY_NGRAM,
+             mauve_buckets: int | None = None,
+             say: Callable[[str], None] | None = None) -> dict:
+    """The evaluation as a JSON-ready dict (see the module docstring for the inputs).
+
+    `encoder` is anything with `embed(texts) -> (n, d) float array` (a SentenceEncoder).
+    """
+    say = say or (lambda line: None)
+    label_columns = list(label_columns)
+    if synthetic_label_column is None and label_columns:
+        synthetic_label_column = label_columns[0]
+    if synthetic_label_column is not None and synthetic_label_column not in label_columns:
+        raise ValueError(f"synthetic_label_column {synthetic_label_column!r} is not one of the "
+                         f"label columns {label_columns}")
+    synthetic = _normalise(synthetic_records, label_columns, synthetic_label_column)
+    real = _normalise(real_records, label_columns, None)
+    private = None if private_records is None else _normalise(private_records, label_columns, None)
+    if not synthetic:
+        raise ValueError("no synthetic records")
+    if not real:
+        raise ValueError("no real records")
+
+    rng = np.random.default_rng(seed)
+    if private is not None:
+        test_rows = np.arange(len(real))
+        order = rng.permutation(len(private))
+        pool = [private[i] for i in order[:min(len(synthetic), len(private))]]
+        split = (f"test: all {len(real)} real records; real-data baseline: trained on a sample "
+                 f"of {len(pool)} of the {len(private)} private records")
+    else:
+        order = rng.permutation(len(real))
+        pool_size = min(len(synthetic), len(real) // 2)
+        pool_rows, test_rows = order[:pool_size], order[pool_size:]
+        pool = [real[i] for i in pool_rows]
+        split = (f"the {len(real)} real records shuffled (seed {seed}) and split: {pool_size} "
+                 f"train the real-data baseline, the other {len(test_rows)} are the test set")
+    test = [real[i] for i in test_rows]
+
+    synthetic_vectors = _embed(encoder, [r["text"] for r in synthetic], "synthetic", say)
+    real_vectors = _embed(encoder, [r["text"] for r in real], "real", say)
+    if private is not None:
+        pool_vectors = _embed(encoder, [r["text"] for r in pool], "private (baseline sample)", say)
+    else:
+        pool_vectors = real_vectors[pool_rows]
+    test_vectors = real_vectors[test_rows]
+
+    say(f"MAUVE on {min(len(synthetic), len(real))} texts a side")
+    mauve = metrics.mauve_score(synthetic_vectors, real_vectors, seed=seed,
+                                num_buckets=mauve_buckets)
+    mauve["features"] = f"sentence encoder, {real_vectors.shape[1]} dimensions, unit norm"
+
+    downstream = {}
+    for column in label_columns:
+        say(f"downstream classifier for {column!r}")
+        downstream[column] = _downstream(column, synthetic, synthetic_vectors, pool, pool_vectors,
+                                         test, test_vectors, seed=seed,
+                                         baseline_source="private" if private is not None
+                                         else "real")
+
+    labels = {}
+    for column in label_columns:
+        synthetic_distribution = metrics.label_distribution([r["labels"][column] for r in synthetic])
+        real_distribution = metrics.label_distribution([r["labels"][column] for r in real])
+        labels[column] = {
+            "synthetic": synthetic_distribution, "real": real_distribution,
+            "total_variation": metrics.total_variation(synthetic_distribution["shares"],
+                                                       real_distribution["shares"])}
+
+    if private is not None:
+        say(f"memorisation check against {len(private)} private records")
+        copying = memorisation_lib.memorisation([r["text"] for r in synthetic],
+                                                [r["text"] for r in private], n=copy_ngram)
+        copying["copied_sources"] = [synthetic[i]["source"] for i in copying["copied_indices"]]
+        longest = copying["longest_shared_ngram"]
+        if "synthetic_index" in longest:
+            longest["synthetic_source"] = synthetic[longest["synthetic_index"]]["source"]
+            longest["private_source"] = private[longest["private_index"]]["source"]
+    else:
+        copying = {"computed": False, "reason": "no private records given"}
+
+    return {
+        "sizes": {"synthetic": len(synthetic), "real": len(real),
+                  "private": None if private is None else len(private),
+                  "test": len(test), "baseline_pool": len(pool)},
+        "settings": {"seed": seed, "label_columns": label_columns,
+                     "synthetic_label_column": synthetic_label_column, "copy_ngram": copy_ngram},
+        "split": split,
+        "mauve": mauve,
+        "downstream": downstream,
+        "lengths": {"synthetic": metrics.length_stats([r["text"] for r in synthetic]),
+                    "real": metrics.length_stats([r["text"] for r in real])},
+        "labels": labels,
+        "memorisation": copying,
+    }
+
+
+def _downstream(column, synthetic, synthetic_vectors, pool, pool_vectors, test, test_vectors, *,
+                seed, baseline_source):
+    def labelled(records, vectors, limit=None):
+        rows = [i for i, r in enumerate(records) if r["labels"][column] is not None]
+        if limit is not None:
+            rows = rows[:limit]
+        return vectors[np.asarray(rows, dtype=np.int64)], [records[i]["labels"][column] for i in rows]
+
+    train_x, train_y = labelled(synthetic, synthetic_vectors)
+    test_x, test_y = labelled(test, test_vectors)
+    on_synthetic = metrics.downstream_accuracy(train_x, train_y, test_x, test_y, seed=seed)
+    if not train_y:
+        on_synthetic["reason"] = f"the synthetic records carry no {column!r} label"
+    base_x, base_y = labelled(pool, pool_vectors, limit=len(train_y) or None)
+    on_real = metrics.downstream_accuracy(base_x, base_y, test_x, test_y, seed=seed)
+    on_real["trained_on"] = baseline_source
+    majority, share = metrics.majority_class(test_y)
+    return {"trained_on_synthetic": on_synthetic, "trained_on_real": on_real,
+            "majority_class": majority, "majority_class_accuracy": share,
+            "test_size": len(test_y)}
+
+
+def _embed(encoder, texts: list[str], name: str, say) -> np.ndarray:
+    chunks = []
+    for start in range(0, len(texts), _EMBED_CHUNK):
+        chunks.append(np.asarray(encoder.embed(texts[start:start + _EMBED_CHUNK]),
+                                 dtype=np.float32))
+        say(f"embedding {name} texts: {min(start + _EMBED_CHUNK, len(texts))}/{len(texts)}")
+    if not chunks:
+        return np.zeros((0, getattr(encoder, "dimension", 1)), dtype=np.float32)
+    return np.concatenate(chunks)
+
+
+def _label_value(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _normalise(records: Iterable, label_columns: list[str], label_field_column: str | None
+               ) -> list[dict]:
+    """[{"text", "labels": {column: str | None}, "source"}] from texts or dicts."""
+    normalised = []
+    for number, record in enumerate(records):
+        if isinstance(record, str):
+            text, fields = record, {}
+        elif isinstance(record, dict):
+            text, fields = record.get("text"), record
+        else:
+            raise TypeError(f"a record must be a str or a dict, got {type(record).__name__}")
+        if not isinstance(text, str):
+            raise ValueError(f"record {number} has no text")
+        labels = {}
+        for column in label_columns:
+            if column in fields:
+                labels[column] = _label_value(fields[column])
+            elif column == label_field_column and "label" in fields:
+                labels[column] = _label_value(fields["label"])
+            else:
+                labels[column] = None
+        normalised.append({"text": text, "labels": labels,
+                           "source": fields.get("source", f"#{number}")})
+    return normalised
+
+
+def evaluate_files(*, synthetic: str, real: str, output: str, private: str | None = None,
+                   label_columns: Sequence[str] = (), synthetic_label_column: str | None = None,
+                   text_column: str = "text", synthetic_text_column: str = "text",
+                   encoder: str, encoder_sequence_length: int = 128, seed: int = 0,
+                   say: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+    """Reads the files, evaluates, writes the report into `output`: (result, {kind: path}).
+
+    A user mistake in the inputs (missing or empty file, unknown column) raises
+    `data.InputError` before any model is loaded.
+    """
+    from evaluation import data, report
+
+    say = say or (lambda line: None)
+    label_columns = list(dict.fromkeys(label_columns))
+    if text_column in label_columns:
+        raise data.InputError(f"{text_column!r} is the text column; it cannot be a label column")
+    if synthetic_label_column is not None and synthetic_label_column not in label_columns:
+        raise data.InputError(f"--synthetic_label_column {synthetic_label_column!r} must be one "
+                              "of the --label_column names")
+    if synthetic_label_column is None and label_columns:
+        synthetic_label_column = label_columns[0]
+    synthetic_file = data.read_records(
+        synthetic, what="synthetic", text_column=synthetic_text_column,
+        label_columns=label_columns, label_field="label", require_labels=False)
+    real_file = data.read_records(real, what="real", text_column=text_column,
+                                  label_columns=label_columns)
+    private_file = None
+    if private is not None:
+        private_file = data.read_records(private, what="private", text_column=text_column,
+                                         label_columns=label_columns, require_labels=False)
+    for part in (synthetic_file, real_file, private_file):
+        if part is not None and part.rejected:
+            say(f"{part.path}: {sum(part.rejected.values())} rows rejected "
+                f"({'; '.join(f'{n} {reason}' for reason, n in part.rejected.items())})")
+
+    from offline_models.loading import load_sentence_encoder
+
+    say(f"loading the encoder {encoder}")
+    sentence_encoder = load_sentence_encoder(encoder, sequence_length=encoder_sequence_length)
+    result = evaluate(synthetic_file.records, real_file.records, label_columns=label_columns,
+                      encoder=sentence_encoder, seed=seed,
+                      private_records=None if private_file is None else private_file.records,
+                      synthetic_label_column=synthetic_label_column, say=say)
+    result["settings"].update(encoder=encoder, encoder_sequence_length=encoder_sequence_length,
+                              text_column=text_column, synthetic_text_column=synthetic_text_column)
+    result = {"inputs": {"synthetic": synthetic_file.summary(), "real": real_file.summary(),
+                         "private": None if private_file is None else private_file.summary()},
+              **result}
+    paths = report.write_report(result, output,
+                                synthetic_texts=[r["text"] for r in synthetic_file.records],
+                                real_texts=[r["text"] for r in real_file.records])
+    return result, paths

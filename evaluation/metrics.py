@@ -1,0 +1,178 @@
+"""The quality figures as plain functions over numpy arrays and strings.
+
+- `mauve_score`: MAUVE (Pillutla et al.) between two sets of sentence features, with the
+  `mauve-text` package given precomputed features (no PyTorch needed).
+- `downstream_accuracy`: logistic regression trained on one labelled set, tested on another.
+- `length_stats`, `label_distribution`, `total_variation`: the shape of the data.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+# Below this many texts per side the k-means histogram behind MAUVE has too few points per
+# bucket to say anything; the score is then reported as not computed.
+MIN_MAUVE_SAMPLE = 10
+
+
+def mauve_buckets(sample_size: int) -> int:
+    """mauve-text's own 'auto' rule: one k-means bucket per 10 texts of a side, at least 2.
+
+    Kept as is so that a figure is comparable with published ones at the same sample size
+    (256 texts a side give 26 buckets). With fewer buckets the histograms are coarser and
+    MAUVE is more lenient; with more, each bucket holds too few texts to estimate its mass.
+    """
+    return max(2, int(round(sample_size / 10)))
+
+
+def equal_size_indices(p_count: int, q_count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices giving both sides the smaller size: the larger side is subsampled without
+    replacement by a generator seeded with `seed`; the smaller side keeps all its rows."""
+    size = min(p_count, q_count)
+    rng = np.random.default_rng(seed)
+
+    def pick(count):
+        if count == size:
+            return np.arange(count)
+        return np.sort(rng.choice(count, size=size, replace=False))
+
+    return pick(p_count), pick(q_count)
+
+
+def mauve_score(p_features: np.ndarray, q_features: np.ndarray, *, seed: int = 0,
+                num_buckets: int | None = None) -> dict:
+    """MAUVE between P (e.g. synthetic) and Q (e.g. real) features, on equal sample sizes.
+
+    Returns {"score", "frontier_integral", "sample_size", "num_buckets", "p_size", "q_size"},
+    or {"score": None, "reason", ...} when a side has fewer than MIN_MAUVE_SAMPLE rows.
+    """
+    p_features = np.asarray(p_features, dtype=np.float32)
+    q_features = np.asarray(q_features, dtype=np.float32)
+    p_index, q_index = equal_size_indices(len(p_features), len(q_features), seed)
+    size = len(p_index)
+    result = {"p_size": len(p_features), "q_size": len(q_features), "sample_size": size}
+    if size < MIN_MAUVE_SAMPLE:
+        result.update(score=None, reason=f"{size} texts on the smaller side; MAUVE needs at "
+                                         f"least {MIN_MAUVE_SAMPLE}")
+        return result
+    buckets = num_buckets or mauve_buckets(size)
+    import mauve
+
+    with _native_stderr_silenced():   # faiss warns about small k-means inputs on fd 2
+        out = mauve.compute_mauve(p_features=p_features[p_index], q_features=q_features[q_index],
+                                  num_buckets=buckets, seed=seed, verbose=False)
+    result.update(score=float(out.mauve), frontier_integral=float(out.frontier_integral),
+                  num_buckets=int(out.num_buckets))
+    return result
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Sends what C++ code writes on file descriptor 2 to a temporary file, dropped after."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def majority_class(labels: Sequence[str]) -> tuple[str | None, float | None]:
+    """The most frequent label (ties: the smallest) and its share."""
+    if not len(labels):
+        return None, None
+    counts = collections.Counter(labels)
+    label = min(counts, key=lambda c: (-counts[c], c))
+    return label, counts[label] / len(labels)
+
+
+def downstream_accuracy(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray,
+                        test_y: Sequence[str], *, seed: int = 0) -> dict:
+    """Accuracy on (test_x, test_y) of a logistic regression fitted on (train_x, train_y).
+
+    Never raises on degenerate labels: with no training rows, a single training class or no
+    test rows, "accuracy" is None and "reason" says why. Test classes that the training set
+    lacks are listed (those rows cannot be right) and the accuracy still counts them.
+    """
+    train_y, test_y = list(train_y), list(test_y)
+    train_classes, test_classes = sorted(set(train_y)), sorted(set(test_y))
+    result = {"train_size": len(train_y), "test_size": len(test_y),
+              "train_classes": len(train_classes),
+              "test_classes_missing_from_training": sorted(set(test_classes) - set(train_classes)),
+              "training_classes_missing_from_test": sorted(set(train_classes) - set(test_classes))}
+    missing = set(result["test_classes_missing_from_training"])
+    result["test_share_of_missing_classes"] = (
+        sum(label in missing for label in test_y) / len(test_y) if test_y else None)
+    reason = None
+    if not train_y:
+        reason = "no training records carry this label"
+    elif len(train_classes) < 2:
+        reason = f"the training records all have one class ({train_classes[0]!r})"
+    elif not test_y:
+        reason = "no test records carry this label"
+    if reason:
+        result.update(accuracy=None, reason=reason)
+        return result
+    from sklearn.linear_model import LogisticRegression
+
+    classifier = LogisticRegression(max_iter=2000, random_state=seed)
+    classifier.fit(np.asarray(train_x, dtype=np.float64), np.asarray(train_y, dtype=object))
+    predicted = classifier.predict(np.asarray(test_x, dtype=np.float64))
+    result["accuracy"] = float(np.mean(predicted == np.asarray(test_y, dtype=object)))
+    return result
+
+
+def _summary(values: Sequence[int]) -> dict:
+    if not len(values):
+        return {"count": 0, "mean": None, "median": None, "p10": None, "p90": None,
+                "min": None, "max": None}
+    array = np.asarray(values, dtype=np.float64)
+    return {"count": int(array.size), "mean": float(array.mean()),
+            "median": float(np.median(array)),
+            "p10": float(np.percentile(array, 10)), "p90": float(np.percentile(array, 90)),
+            "min": int(array.min()), "max": int(array.max())}
+
+
+def text_lengths(texts: Sequence[str]) -> tuple[list[int], list[int]]:
+    """(characters, words) of each text; words are whitespace-separated."""
+    return [len(t) for t in texts], [len(t.split()) for t in texts]
+
+
+def length_stats(texts: Sequence[str]) -> dict:
+    """{"chars": summary, "words": summary}; a summary has count, mean, median, p10, p90
+    (linear interpolation), min and max. Words are whitespace-separated tokens."""
+    chars, words = text_lengths(texts)
+    return {"chars": _summary(chars), "words": _summary(words)}
+
+
+def label_distribution(labels: Sequence[str | None]) -> dict:
+    """{"counts", "shares", "labelled", "unlabelled"}; None is an unlabelled record. Labels are
+    ordered by count, then name; shares are over the labelled records."""
+    present = [label for label in labels if label is not None]
+    counts = collections.Counter(present)
+    ordered = sorted(counts, key=lambda c: (-counts[c], c))
+    return {"counts": {c: counts[c] for c in ordered},
+            "shares": {c: counts[c] / len(present) for c in ordered},
+            "labelled": len(present), "unlabelled": len(labels) - len(present)}
+
+
+def total_variation(shares_a: dict, shares_b: dict) -> float | None:
+    """Half the L1 distance between two label distributions (0 same, 1 disjoint)."""
+    if not shares_a or not shares_b:
+        return None
+    keys = set(shares_a) | set(shares_b)
+    return 0.5 * sum(abs(shares_a.get(k, 0.0) - shares_b.get(k, 0.0)) for k in keys)

@@ -173,7 +173,7 @@ def _stages(args, texts) -> None:
     batch_counter = Metrics.counter("dpsynth", "benchmark_batches")
     work = Path(tempfile.mkdtemp(prefix="dpsynth-throughput-"))
     print(f"{'encoder':10s} {'n':>7s} {'wall s':>8s} {'records/s':>10s} {'batches':>8s}")
-    for encoder in ("tiny-bert", args.encoder):
+    for encoder in dict.fromkeys(("tiny-bert", args.encoder)):
         for n in args.sizes:
             if encoder != "tiny-bert" and n > args.real_encoder_up_to:
                 continue

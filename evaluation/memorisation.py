@@ -58,6 +58,8 @@ class _Corpus:
 
     def windows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(hash, start position) of every n-gram that lies inside one text."""
+        if n > len(self.ids):
+            return np.zeros(0, np.uint64), np.zeros(0, np.int64)
         starts = np.nonzero(np.arange(len(self.ids)) + n <= self.doc_end)[0]
         with np.errstate(over="ignore"):
             hashes = self.prefix[starts + n] - self.prefix[starts] * self.powers[n]

@@ -1,0 +1,338 @@
+"""Quality against epsilon, every method side by side, on the Yelp sample.
+
+    .venv/bin/python benchmarks/compare_methods.py            # documented default
+    .venv/bin/python benchmarks/compare_methods.py --help
+
+The Yelp CSV is shuffled with a fixed seed and split: the first
+--private_records rows are the private input of every run, the next
+--real_records rows are the real held-out set that MAUVE and the downstream
+classifiers are measured against. Every method runs the real job
+(`beam_pipeline.run.run`) on the same private part with the same LM, prompt,
+batch size, temperature, top-k and token budget; the mean-based rules are
+calibrated to each formal epsilon of --epsilons, the median rows report their
+ex-post epsilon beside their data-independent bound, and the non-private row
+samples one continuation per seed prompt with the same LM (epsilon = infinity).
+
+Writes <output>/compare.json (every row with its privacy report summary and
+evaluation), <output>/compare.png (MAUVE and accuracy against epsilon) and
+prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from beam_pipeline.demo import DEFAULT_INPUT, YELP_CATEGORIES, YELP_TEMPLATE  # noqa: E402
+
+LABEL_COLUMN, STARS_COLUMN = "label1", "label2"
+CATEGORY_LABELS = tuple(f"Business Category: {c}" for c in YELP_CATEGORIES)
+BATCH_SIZE, TEMPERATURE, TOP_K, MEDIAN_CLIP = 8, 1.0, 50, 6.0
+# Noise on the clustering counts per target epsilon: about a tenth of the budget.
+HISTOGRAM_NOISE = {1.0: 8.0, 3.0: 4.0, 10.0: 2.0}
+PTR_BOUND_RATIO = 2.0          # b = 2 c / s
+PTR_SVT_SHARE = 0.25           # the stability test's epsilon, as a share of the target
+METHODS = ("uniform+mean", "public_centers+mean", "public_centers+median",
+           "dp_kmeans+median", "public_centers+median_ptr", "non_private")
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    private_path, real_rows = _split(args, output)
+    delta = args.delta or 1.0 / args.private_records ** 1.1
+    print(f"private part: {args.private_records} records ({private_path}); real held-out: "
+          f"{len(real_rows)} records; delta = {delta:.3g}; lm {args.lm}, encoder {args.encoder}")
+
+    from offline_models.loading import load_sentence_encoder
+    encoder = load_sentence_encoder(args.encoder, sequence_length=128)
+    private_rows = _read_csv(private_path)
+
+    rows = []
+    for method in args.methods.split(","):
+        if method not in METHODS:
+            raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        targets = ([float(e) for e in args.epsilons.split(",")]
+                   if method.endswith(("+mean", "+median_ptr")) else [None])
+        for target in targets:
+            row = _run_method(method, target, args=args, delta=delta, output=output,
+                              private_path=private_path, private_rows=private_rows)
+            row.update(_quality(row.pop("synthetic"), real_rows, private_rows, encoder,
+                                seed=args.seed))
+            rows.append(row)
+            print(_format_row(row), flush=True)
+            _write(output, args, delta, rows)
+
+    print()
+    print(_table(rows))
+    _plot(rows, output / "compare.png")
+    print(f"\nwrote {output / 'compare.json'} and {output / 'compare.png'}")
+    return 0
+
+
+def _parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_INPUT), help="the Yelp CSV")
+    parser.add_argument("--private_records", type=int, default=256)
+    parser.add_argument("--real_records", type=int, default=256)
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--max_chars", type=int, default=500,
+                        help="longest seed text in a prompt (longer ones are truncated)")
+    parser.add_argument("--epsilons", default="1,3,10")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--delta", type=float, default=None,
+                        help="default 1 / n^1.1 for n private records")
+    parser.add_argument("--lm", default="smollm2-135m")
+    parser.add_argument("--encoder", default="minilm-l6")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(REPO / "results"))
+    return parser
+
+
+# ----------------------------------------------------------------- data split
+
+
+def _read_csv(path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _split(args, output: Path):
+    rows = _read_csv(args.data)
+    random.Random(args.seed).shuffle(rows)
+    needed = args.private_records + args.real_records
+    if len(rows) < needed:
+        raise SystemExit(f"{args.data} has {len(rows)} rows; the split needs {needed}")
+    private, real = rows[:args.private_records], rows[args.private_records:needed]
+    private_path = output / "compare_private.csv"
+    with open(private_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(private[0]))
+        writer.writeheader()
+        writer.writerows(private)
+    return private_path, real
+
+
+# -------------------------------------------------------------------- methods
+
+
+def _common_arguments(args, private_path, out, delta):
+    return ["--input", str(private_path), "--output", str(out), "--text_column", "text",
+            "--label_column", LABEL_COLUMN, "--label_values", ",".join(CATEGORY_LABELS),
+            "--prompt_template", YELP_TEMPLATE, "--batch_size", str(BATCH_SIZE),
+            "--temperature", str(TEMPERATURE), "--top_k", str(TOP_K),
+            "--max_new_tokens", str(args.max_new_tokens), "--max_chars", str(args.max_chars),
+            "--public_corpus_size", "40", "--public_centers", "8", "--kept_centers", "4",
+            "--delta", repr(delta), "--run_secret", f"{args.seed:08x}c0ffee",
+            "--lm", args.lm, "--encoder", args.encoder,
+            "--generation_batches_per_call", "8"]
+
+
+def _method_arguments(method, target, args, delta):
+    """(pipeline arguments of the method, the clip it uses) at a target epsilon."""
+    from transforms import accounting
+
+    clustering, aggregator = method.split("+")
+    arguments = ["--clustering", clustering, "--aggregator", aggregator]
+    if aggregator == "median":
+        return arguments + ["--clip", str(MEDIAN_CLIP), "--histogram_noise", "2"], MEDIAN_CLIP
+    noise = HISTOGRAM_NOISE.get(target, 4.0)
+    arguments += ["--histogram_noise", str(noise), "--target_epsilon", repr(target)]
+    common = dict(target_epsilon=target, delta=delta, expected_batch_size=BATCH_SIZE,
+                  temperature=TEMPERATURE, max_private_tokens=args.max_new_tokens,
+                  gaussian_noise_multipliers=[noise])
+    if aggregator == "mean":
+        clip = accounting.calibrate_mean_clip(**common)
+        return arguments + ["--clip", repr(clip)], clip
+    svt_epsilon = PTR_SVT_SHARE * target
+    clip = accounting.calibrate_median_ptr_clip(**common, bound_ratio=PTR_BOUND_RATIO,
+                                                svt_epsilon=svt_epsilon)
+    return arguments + ["--clip", repr(clip), "--ptr_bound", repr(PTR_BOUND_RATIO * clip / BATCH_SIZE),
+                        "--ptr_svt_epsilon", repr(svt_epsilon)], clip
+
+
+def _run_method(method, target, *, args, delta, output, private_path, private_rows) -> dict:
+    name = method if target is None else f"{method}@{target:g}"
+    out = output / "compare" / name.replace("+", "_").replace("@", "_eps")
+    started = time.time()
+    if method == "non_private":
+        synthetic = _non_private(args, private_rows)
+        wall = time.time() - started
+        return {"method": method, "epsilon_target": None, "epsilon_formal": math.inf,
+                "epsilon_ex_post_max": None, "synthetic": synthetic,
+                "synthetic_count": len(synthetic), "wall_seconds": wall, "clip": None}
+    from beam_pipeline.run import run
+
+    method_arguments, clip = _method_arguments(method, target, args, delta)
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    run(_common_arguments(args, private_path, out, delta) + method_arguments,
+        say=lambda line: print(f"  {line}", flush=True))
+    wall = time.time() - started
+    report = json.loads((out / "privacy_report.json").read_text())
+    synthetic = []
+    for path in sorted(out.glob("synthetic-*.jsonl")):
+        synthetic += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    ex_post = report["ex_post"].get("generation")
+    tokens = report["tokens"].get("generation", {})
+    return {"method": method, "epsilon_target": target,
+            "epsilon_formal": report["formal_epsilon"],
+            "epsilon_ex_post_max": ex_post["total_epsilon"]["max"] if ex_post else None,
+            "epsilon_ex_post_median": ex_post["total_epsilon"]["p50"] if ex_post else None,
+            "median_tokens": tokens.get("median_tokens"), "tokens": tokens.get("tokens"),
+            "synthetic": synthetic, "synthetic_count": len(synthetic), "wall_seconds": wall,
+            "clip": clip, "output": str(out)}
+
+
+def _non_private(args, private_rows) -> list[dict]:
+    """One sampled continuation per seed prompt, for as many seeds as a private run has
+    batches (n / s): the same LM, template, temperature and top-k, no aggregation."""
+    import numpy as np
+
+    from offline_models.joint_decoding import GenerationRequest, generate_jointly
+    from offline_models.loading import load_causal_lm
+    from transforms import aggregation
+    from transforms.private_generation import render_prompt
+    from transforms.randomness import keyed_generator
+
+    class SampleOwnPrompt:
+        def __init__(self, key):
+            self.key = key
+
+        def choose(self, step, logits):
+            row = np.asarray(logits[0], dtype=np.float64)
+            masked = aggregation.apply_mask(row, aggregation.top_k_mask(row, TOP_K))
+            return aggregation.sample_token(masked, TEMPERATURE,
+                                            keyed_generator("non-private", self.key, step))
+
+    lm = load_causal_lm(args.lm)
+    rng = random.Random(args.seed)
+    seeds = rng.sample(private_rows, max(1, len(private_rows) // BATCH_SIZE))
+    requests = [GenerationRequest(
+        key=index, prompts=[render_prompt(YELP_TEMPLATE, row["text"][:args.max_chars],
+                                          row[LABEL_COLUMN])],
+        chooser=SampleOwnPrompt(str(index)), max_new_tokens=args.max_new_tokens,
+        stop_text="\n\n") for index, row in enumerate(seeds)]
+    synthetic = []
+    for start in range(0, len(requests), 8):
+        for result in generate_jointly(lm, requests[start:start + 8]):
+            text = result.text.split("\n\n")[0]
+            synthetic.append({"text": text, "label": seeds[result.key][LABEL_COLUMN]})
+    return synthetic
+
+
+# -------------------------------------------------------------------- quality
+
+
+def _quality(synthetic, real_rows, private_rows, encoder, *, seed) -> dict:
+    from evaluation.evaluate import evaluate
+
+    usable = [r for r in synthetic if r["text"].strip()]
+    if not usable:
+        return {"mauve": None, "category_accuracy": None, "stars_accuracy": None,
+                "evaluation": {"reason": "no non-empty synthetic text"}}
+    result = evaluate(usable, real_rows, label_columns=[LABEL_COLUMN, STARS_COLUMN],
+                      synthetic_label_column=LABEL_COLUMN, encoder=encoder, seed=seed,
+                      private_records=private_rows)
+    downstream = result["downstream"]
+    return {
+        "mauve": result["mauve"].get("score"),
+        "category_accuracy": downstream[LABEL_COLUMN]["trained_on_synthetic"].get("accuracy"),
+        "category_accuracy_real": downstream[LABEL_COLUMN]["trained_on_real"].get("accuracy"),
+        "stars_accuracy": downstream[STARS_COLUMN]["trained_on_synthetic"].get("accuracy"),
+        "stars_accuracy_real": downstream[STARS_COLUMN]["trained_on_real"].get("accuracy"),
+        "copied_8gram_fraction": result["memorisation"].get("copied_fraction"),
+        "evaluation": result,
+    }
+
+
+# --------------------------------------------------------------------- output
+
+
+COLUMNS = (("method", 30), ("eps formal", 10), ("eps ex-post", 11), ("MAUVE", 6),
+           ("cat acc", 7), ("stars acc", 9), ("synth", 5), ("wall s", 6))
+
+
+def _number(value, digits=3):
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}g}"
+
+
+def _cells(row):
+    method = row["method"] + (f" @{row['epsilon_target']:g}" if row["epsilon_target"] else "")
+    ex_post = _number(row.get("epsilon_ex_post_max"))
+    return (method, _number(row["epsilon_formal"]), ex_post, _number(row.get("mauve")),
+            _number(row.get("category_accuracy")), _number(row.get("stars_accuracy")),
+            str(row["synthetic_count"]), f"{row['wall_seconds']:.0f}")
+
+
+def _format_row(row) -> str:
+    return " | ".join(cell.ljust(width) for cell, (_, width) in zip(_cells(row), COLUMNS))
+
+
+def _table(rows) -> str:
+    header = " | ".join(name.ljust(width) for name, width in COLUMNS)
+    rule = "-+-".join("-" * width for _, width in COLUMNS)
+    return "\n".join([header, rule] + [_format_row(row) for row in rows])
+
+
+def _write(output: Path, args, delta, rows) -> None:
+    def clean(value):
+        if isinstance(value, float) and math.isinf(value):
+            return "inf"
+        return value
+
+    payload = {"settings": {**vars(args), "delta": delta, "batch_size": BATCH_SIZE,
+                            "temperature": TEMPERATURE, "top_k": TOP_K,
+                            "median_clip": MEDIAN_CLIP, "histogram_noise": HISTOGRAM_NOISE,
+                            "ptr_bound_ratio": PTR_BOUND_RATIO,
+                            "ptr_svt_share": PTR_SVT_SHARE},
+               "rows": [{k: clean(v) for k, v in row.items()} for row in rows]}
+    (output / "compare.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for metric, axis, title in (("mauve", axes[0], "MAUVE (higher is better)"),
+                                ("category_accuracy", axes[1],
+                                 "category accuracy, trained on synthetic")):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            points = [(r["epsilon_formal"], r.get(metric)) for r in rows
+                      if r["method"] == method and r.get(metric) is not None]
+            if not points:
+                continue
+            if method == "non_private":
+                axis.axhline(points[0][1], linestyle="--", color="grey", label="non-private")
+                continue
+            points.sort()
+            marker = "s" if method.endswith("+median") else "o"
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker,
+                      label=method + (" (formal bound)" if method.endswith("+median") else ""))
+        axis.set_xscale("log")
+        axis.set_xlabel("formal epsilon")
+        axis.set_title(title)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

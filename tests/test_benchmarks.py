@@ -1,0 +1,61 @@
+"""The benchmark scripts run end to end (tiny models, tiny sizes): they cannot rot
+between the runs whose figures docs/results.md reports."""
+
+import json
+import math
+
+from benchmarks import compare_methods, throughput
+from tests.pipeline_fixtures import write_reviews_csv
+
+
+def _yelp_like(path, n=96):
+    """The benchmark reads Yelp's columns: text, label1 (category), label2 (stars)."""
+    import csv
+
+    source = write_reviews_csv(path.with_suffix(".source.csv"), n=n)
+    with open(source, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label1", "label2"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"text": row["text"],
+                             "label1": f"Business Category: {row['category']}",
+                             "label2": f"Review Stars: {row['stars']}.0"})
+    return path
+
+
+def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
+    data = _yelp_like(tmp_path / "yelp.csv")
+    out = tmp_path / "results"
+    code = compare_methods.main([
+        "--data", str(data), "--private_records", "48", "--real_records", "40",
+        "--lm", "tiny-llama3", "--encoder", "tiny-bert", "--max_new_tokens", "3",
+        "--epsilons", "3,10", "--methods", "uniform+mean,public_centers+median_ptr,non_private",
+        "--output", str(out)])
+    assert code == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [(r["method"], r["epsilon_target"]) for r in rows] == [
+        ("uniform+mean", 3.0), ("uniform+mean", 10.0),
+        ("public_centers+median_ptr", 3.0), ("public_centers+median_ptr", 10.0),
+        ("non_private", None)]
+    for row in rows[:4]:
+        # Calibrated to the target: formal epsilon at most the target, and close to it.
+        assert 0.9 * row["epsilon_target"] <= row["epsilon_formal"] <= row["epsilon_target"] + 1e-6
+        assert row["synthetic_count"] >= 1
+    assert rows[-1]["epsilon_formal"] == "inf" and rows[-1]["synthetic_count"] == 48 // 8
+    assert (out / "compare.png").stat().st_size > 0
+    table = capsys.readouterr().out
+    assert "eps formal" in table and "public_centers+median_ptr @10" in table
+
+
+def test_throughput_prints_the_ratios(tmp_path, capsys):
+    data = _yelp_like(tmp_path / "yelp.csv", n=40)
+    assert throughput.main(["--lm", "tiny-llama3", "--encoder", "tiny-bert", "--data", str(data),
+                            "--batches", "2", "--sizes", "50", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "ratio private/plain" in printed and "aggregation + sampling share" in printed
+    stage_rows = [line.split() for line in printed.splitlines()
+                  if line.startswith("tiny-bert")]
+    assert [int(r[1]) for r in stage_rows] == [50, 100]
+    assert all(float(r[2]) > 0 and not math.isnan(float(r[3])) for r in stage_rows)

@@ -16,6 +16,7 @@ from beam_pipeline.pipeline import build_pipeline
 from beam_pipeline.plan import PlanError, check_budget, make_plan
 from offline_models import registry
 from offline_models.loading import TINY_ENCODER, TINY_LM
+from transforms.records import format_of
 
 # The embedded runner: Beam's DirectRunner may first try the Prism runner,
 # which downloads a binary; FnApiRunner runs in this process (or, with
@@ -33,7 +34,13 @@ def pipeline_options(argv) -> DpSynthOptions:
 
 def preflight(plan) -> None:
     """User mistakes that would otherwise surface as tracebacks deep in a job."""
-    _require_match("--input", plan.input)
+    inputs = _require_match("--input", plan.input)
+    if not plan.input_format:
+        for path in inputs:
+            try:
+                format_of(path)
+            except ValueError as error:
+                raise PlanError(str(error)) from None
     if plan.public_input:
         _require_match("--public_input", plan.public_input)
     for reference, resolve in ((plan.lm, registry.resolve_lm),
@@ -48,16 +55,18 @@ def preflight(plan) -> None:
             handle.write(b"ok")
         FileSystems.delete([probe])
     except Exception as error:  # noqa: BLE001
-        raise PlanError(f"cannot write to --output {plan.output}: {_first_line(error)}") from None
+        raise PlanError(f"cannot write to --output {plan.output} ({_first_line(error)}): "
+                        "choose a directory you can write to") from None
 
 
-def _require_match(option: str, pattern: str) -> None:
+def _require_match(option: str, pattern: str) -> list[str]:
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as error:  # noqa: BLE001 - any filesystem error means a bad path here
         raise PlanError(f"cannot read {option} {pattern}: {_first_line(error)}") from None
     if not matched:
         raise PlanError(f"{option} {pattern} matches no file")
+    return [metadata.path for metadata in matched]
 
 
 def run(argv, *, say=print) -> dict:
@@ -81,6 +90,8 @@ def run(argv, *, say=print) -> dict:
     summary["wall_seconds"] = round(elapsed, 1)
     say(f"dpsynth: done in {elapsed:.0f} s: {summary['synthetic_records']} synthetic records from "
         f"{summary['records_accepted']} records ({summary['records_rejected']} rejected)")
+    for note in summary.get("notes", []):
+        say(f"dpsynth: note: {note}")
     return summary
 
 

@@ -9,7 +9,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
 
 from beam_pipeline.options import DpSynthOptions
 from beam_pipeline.pipeline import build_pipeline
@@ -22,6 +22,10 @@ from transforms.records import format_of
 # which downloads a binary; FnApiRunner runs in this process (or, with
 # --direct_running_mode multi_processing, in local worker processes).
 DEFAULT_RUNNER = "FnApiRunner"
+# Beam's worker operations log every element they process at DEBUG
+# (apache_beam/runners/worker/operations.py), and elements hold private text.
+# These loggers stay at INFO whatever the log level, here and on the workers.
+ELEMENT_LOGGERS = ("apache_beam.runners.worker.operations",)
 
 
 def pipeline_options(argv) -> DpSynthOptions:
@@ -29,7 +33,17 @@ def pipeline_options(argv) -> DpSynthOptions:
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = DEFAULT_RUNNER
+    worker = options.view_as(WorkerOptions)
+    worker.sdk_harness_log_level_overrides = {
+        **(worker.sdk_harness_log_level_overrides or {}),
+        **{name: "INFO" for name in ELEMENT_LOGGERS}}
     return options
+
+
+def silence_element_logging() -> None:
+    """No log line of this process shows an element (see ELEMENT_LOGGERS)."""
+    for name in ELEMENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def preflight(plan) -> None:
@@ -70,6 +84,7 @@ def _require_match(option: str, pattern: str) -> list[str]:
 
 
 def run(argv, *, say=print) -> dict:
+    silence_element_logging()
     options = pipeline_options(argv)
     plan = make_plan(options)
     epsilon = check_budget(plan)

@@ -30,7 +30,7 @@ CSV_FIELD_LIMIT = 1 << 26
 @dataclasses.dataclass(frozen=True)
 class Record:
     record_id: str
-    text: str
+    text: str = dataclasses.field(repr=False)   # private: never in a repr, log or error
     label: str | None = None
     unit: str | None = None
     source: str = ""     # "<file>:<row>", for ordering and for error messages
@@ -48,7 +48,7 @@ class Rejected:
 
     source: str          # "<file>:<row>", or "<file>" for a file that cannot be read
     reason: str
-    raw_excerpt: str = ""
+    raw_excerpt: str = dataclasses.field(default="", repr=False)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False)

@@ -143,11 +143,24 @@ def _run_job(argv):
         DpSynthOptions._add_argparse_args(parser)
         parser.print_help()
         return 0 if argv else EXIT_USAGE
+    _check_option_values(argv, DpSynthOptions)
     from beam_pipeline.run import configure_logging, run
 
     configure_logging()
     run(argv)
     return 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (dpsynth run --help lists the options)")
+
+
+def _check_option_values(argv, options_class):
+    """A malformed value of dpsynth's own options is one line, not Beam's whole usage text."""
+    parser = _OneLineParser(prog="dpsynth run", add_help=False)
+    options_class._add_argparse_args(parser)
+    parser.parse_known_args(argv)
 
 
 def _guarded(action):

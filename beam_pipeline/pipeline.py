@@ -46,11 +46,14 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
     counts = [
         _count(read["records"], "records_accepted"),
         _count(read[REJECTED_TAG], "records_rejected"),
+        _count(read["records"] | "Truncated" >> beam.Filter(lambda r: r.truncated),
+               "records_truncated"),
         _count(read[SKIPPED_TAG], "records_over_max_records"),
         _count(records, "records_after_unit_bound"),
         _count(embedded, "records_embedded"),
         _count(batches | "Members" >> beam.FlatMap(lambda b: b.members), "records_batched"),
         _count(synthetic, "synthetic_records"),
+        _count_rejections_by_reason(read[REJECTED_TAG]),
     ]
     {"synthetic": synthetic, "release": release,
      "counts": counts | "AllCounts" >> beam.Flatten()} | "WriteReports" >> WriteReports(
@@ -75,6 +78,16 @@ def _count(pcoll, name: str):
     return (pcoll
             | f"Count {name}" >> beam.combiners.Count.Globally()
             | f"Name {name}" >> beam.Map(lambda n: (name, n)))
+
+
+def _count_rejections_by_reason(rejected):
+    """Reasons name a problem, never the row, so they can be counted and shown."""
+    return (rejected
+            | "RejectionReasons" >> beam.Map(lambda r: r.reason)
+            | "CountReasons" >> beam.combiners.Count.PerElement()
+            | "AllReasons" >> beam.combiners.ToList()
+            | "NameReasons" >> beam.Map(lambda pairs: ("records_rejected_by_reason",
+                                                       dict(sorted(pairs)))))
 
 
 def report_parameters(plan: RunPlan) -> dict:

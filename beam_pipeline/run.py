@@ -9,18 +9,23 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
 
 from beam_pipeline.options import DpSynthOptions
 from beam_pipeline.pipeline import build_pipeline
 from beam_pipeline.plan import PlanError, check_budget, make_plan
 from offline_models import registry
 from offline_models.loading import TINY_ENCODER, TINY_LM
+from transforms.records import format_of
 
 # The embedded runner: Beam's DirectRunner may first try the Prism runner,
 # which downloads a binary; FnApiRunner runs in this process (or, with
 # --direct_running_mode multi_processing, in local worker processes).
 DEFAULT_RUNNER = "FnApiRunner"
+# Beam's worker operations log every element they process at DEBUG
+# (apache_beam/runners/worker/operations.py), and elements hold private text.
+# These loggers stay at INFO whatever the log level, here and on the workers.
+ELEMENT_LOGGERS = ("apache_beam.runners.worker.operations",)
 
 
 def pipeline_options(argv) -> DpSynthOptions:
@@ -28,12 +33,28 @@ def pipeline_options(argv) -> DpSynthOptions:
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = DEFAULT_RUNNER
+    worker = options.view_as(WorkerOptions)
+    worker.sdk_harness_log_level_overrides = {
+        **(worker.sdk_harness_log_level_overrides or {}),
+        **{name: "INFO" for name in ELEMENT_LOGGERS}}
     return options
+
+
+def silence_element_logging() -> None:
+    """No log line of this process shows an element (see ELEMENT_LOGGERS)."""
+    for name in ELEMENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def preflight(plan) -> None:
     """User mistakes that would otherwise surface as tracebacks deep in a job."""
-    _require_match("--input", plan.input)
+    inputs = _require_match("--input", plan.input)
+    if not plan.input_format:
+        for path in inputs:
+            try:
+                format_of(path)
+            except ValueError as error:
+                raise PlanError(str(error)) from None
     if plan.public_input:
         _require_match("--public_input", plan.public_input)
     for reference, resolve in ((plan.lm, registry.resolve_lm),
@@ -48,19 +69,22 @@ def preflight(plan) -> None:
             handle.write(b"ok")
         FileSystems.delete([probe])
     except Exception as error:  # noqa: BLE001
-        raise PlanError(f"cannot write to --output {plan.output}: {_first_line(error)}") from None
+        raise PlanError(f"cannot write to --output {plan.output} ({_first_line(error)}): "
+                        "choose a directory you can write to") from None
 
 
-def _require_match(option: str, pattern: str) -> None:
+def _require_match(option: str, pattern: str) -> list[str]:
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as error:  # noqa: BLE001 - any filesystem error means a bad path here
         raise PlanError(f"cannot read {option} {pattern}: {_first_line(error)}") from None
     if not matched:
         raise PlanError(f"{option} {pattern} matches no file")
+    return [metadata.path for metadata in matched]
 
 
 def run(argv, *, say=print) -> dict:
+    silence_element_logging()
     options = pipeline_options(argv)
     plan = make_plan(options)
     epsilon = check_budget(plan)
@@ -81,6 +105,8 @@ def run(argv, *, say=print) -> dict:
     summary["wall_seconds"] = round(elapsed, 1)
     say(f"dpsynth: done in {elapsed:.0f} s: {summary['synthetic_records']} synthetic records from "
         f"{summary['records_accepted']} records ({summary['records_rejected']} rejected)")
+    for note in summary.get("notes", []):
+        say(f"dpsynth: note: {note}")
     return summary
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import os
 import time
 import uuid
 
@@ -18,6 +20,35 @@ from transforms.read import NAMESPACE
 
 _LOG = logging.getLogger(__name__)
 PROGRESS_EVERY_SECONDS = 10.0
+# A model call that raises is run again: the embedded runner (FnApiRunner)
+# never retries a failed bundle, so one transient failure would end the job.
+GENERATION_CALL_ATTEMPTS = 3
+# Test-only: with this variable set to a directory, the first attempt of
+# every generation call raises (after the call ran), and the next succeeds.
+FAULT_ENV = "DPSYNTH_FAIL_FIRST_ATTEMPT"
+
+
+class InjectedFault(RuntimeError):
+    """The failure `DPSYNTH_FAIL_FIRST_ATTEMPT` asks for."""
+
+
+def fail_first_attempt_if_asked(requests) -> None:
+    """Raises once per generation call when `DPSYNTH_FAIL_FIRST_ATTEMPT` names a directory.
+
+    A marker file per call (named by a hash of the call's batch ids) records
+    that its first attempt failed, across worker processes, so the next
+    attempt passes. Without the variable it does nothing.
+    """
+    directory = os.environ.get(FAULT_ENV)
+    if not directory:
+        return
+    call = "\x1f".join(sorted(str(request.key[0]) for request in requests))
+    marker = os.path.join(directory, hashlib.sha256(call.encode("utf-8")).hexdigest()[:20])
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    raise InjectedFault(f"injected fault: first attempt of generation call {marker}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,5 +167,7 @@ class GenerateSynthetic(beam.PTransform):
                     lambda batch, calls: (calls[batch.batch_id], to_request(batch)),
                     beam.pvalue.AsSingleton(call_of))
                 | "Generate" >> GenerateInFixedCalls(
-                    self._lm, sort_key=lambda request: request.key[0])
+                    self._lm, sort_key=lambda request: request.key[0],
+                    call_attempts=GENERATION_CALL_ATTEMPTS,
+                    after_call=fail_first_attempt_if_asked)
                 | "ToSyntheticRecord" >> beam.Map(to_record, beam.pvalue.AsSingleton(total)))

@@ -7,13 +7,17 @@ Beam ships no handler for Keras 3. These hold only picklable configuration
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+import copy
+import logging
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from offline_models.encoder import MAX_TEXTS_PER_CALL
 from offline_models.joint_decoding import GenerationRequest
+
+_LOG = logging.getLogger(__name__)
 
 
 class _KerasModelHandler(ModelHandler[Any, PredictionResult, Any]):
@@ -82,15 +86,26 @@ class CausalLmHandler(_KerasModelHandler):
     - A `GenerationRequest`: the inference is a `GenerationResult`. All
       requests of a batch advance together through KV-cached decoding, so one
       model call per step serves every row of every request.
+
+    A generation call that raises is run again, up to `call_attempts` times
+    in all, each time on fresh copies of the requests: a chooser counts the
+    tokens it spent, so a failed attempt must leave nothing behind, and its
+    keyed randomness makes the new attempt release the same tokens.
+    `after_call(requests)` runs after each attempt (a test hook for faults).
     """
 
     metrics_namespace = "dpsynth_causal_lm"
 
     def __init__(self, lm: str, *, max_batch_size: int = 16, cached: Optional[bool] = None,
-                 share_across_processes: bool = False, model_copies: int = 1):
+                 share_across_processes: bool = False, model_copies: int = 1,
+                 call_attempts: int = 1, after_call: Optional[Callable] = None):
         super().__init__(lm, max_batch_size=max_batch_size,
                          share_across_processes=share_across_processes, model_copies=model_copies)
+        if call_attempts < 1:
+            raise ValueError("call_attempts must be >= 1")
         self._cached = cached
+        self._attempts = call_attempts
+        self._after_call = after_call
 
     def load_model(self):
         from offline_models.loading import load_causal_lm
@@ -103,13 +118,29 @@ class CausalLmHandler(_KerasModelHandler):
         sequences = [e for e in batch if not isinstance(e, GenerationRequest)]
         outputs = {}
         if requests:
-            for request, result in zip(requests, model.generate(requests)):
+            for request, result in zip(requests, self._generate(model, requests)):
                 outputs[id(request)] = result
         if sequences:
             token_lists = [model.encode(e) if isinstance(e, str) else list(e) for e in sequences]
             for element, logits in zip(sequences, model.next_token_logits(token_lists)):
                 outputs[id(element)] = logits
         return [PredictionResult(e, outputs[id(e)]) for e in batch]
+
+    def _generate(self, model, requests):
+        for attempt in range(1, self._attempts + 1):
+            fresh = copy.deepcopy(requests)
+            try:
+                results = model.generate(fresh)
+                if self._after_call is not None:
+                    self._after_call(fresh)
+                return results
+            except Exception as error:  # noqa: BLE001 - retried, then raised
+                if attempt == self._attempts:
+                    raise
+                # The type only: a message could quote a prompt.
+                _LOG.warning("a generation call failed (%s), attempt %d of %d: running it again",
+                             type(error).__name__, attempt, self._attempts)
+        raise AssertionError("unreachable")
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         def rows(element):
@@ -125,12 +156,14 @@ class GenerateInFixedCalls(beam.PTransform):
     Logits differ in their last bits with the rows computed together, so
     leaving the grouping to the runner's batching would let runners (and
     retries) release different bytes. Requests of a call run in order of
-    `sort_key`.
+    `sort_key`. `call_attempts` and `after_call` are the handler's.
     """
 
-    def __init__(self, lm: str, *, sort_key):
+    def __init__(self, lm: str, *, sort_key, call_attempts: int = 1,
+                 after_call: Optional[Callable] = None):
         super().__init__()
-        self._handler = CausalLmHandler(lm).with_no_batching()
+        self._handler = CausalLmHandler(lm, call_attempts=call_attempts,
+                                        after_call=after_call).with_no_batching()
         self._sort_key = sort_key
 
     def expand(self, keyed_requests):

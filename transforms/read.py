@@ -21,10 +21,17 @@ class _ParseFile(beam.DoFn):
         self._labels = frozenset(label_values) if label_values else None
         self._read = Metrics.counter(NAMESPACE, "records_read")
         self._rejected = Metrics.counter(NAMESPACE, "records_rejected")
+        self._truncated = Metrics.counter(NAMESPACE, "records_truncated")
 
     def process(self, readable_file):
         path = readable_file.metadata.path
-        file_format = rec.format_of(path, self._format)
+        try:
+            file_format = rec.format_of(path, self._format)
+        except ValueError:  # the run checks the names first; a file may appear since
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTED_TAG, rec.Rejected(
+                path.rsplit("/", 1)[-1], "unknown file format: pass --input_format"))
+            return
         for item in rec.parse_file(path, readable_file.read(), self._schema, file_format):
             if isinstance(item, rec.Record) and self._labels is not None \
                     and item.label not in self._labels:
@@ -34,11 +41,16 @@ class _ParseFile(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)
             else:
                 self._read.inc()
+                if item.truncated:
+                    self._truncated.inc()
                 yield item
 
 
 class ReadRecords(beam.PTransform):
     """Matches files, parses rows into `Record`s; unusable rows go to the `rejected` output.
+
+    With an id column, rows repeating an earlier row's id (within the same
+    privacy unit) are rejected: see `DropDuplicateIds`.
 
     With `max_records`, records are ordered by (file, row) and only the first N
     are kept; the others go to the `skipped` output, to be counted.
@@ -61,6 +73,11 @@ class ReadRecords(beam.PTransform):
                   | "Parse" >> beam.ParDo(_ParseFile(self._schema, self._format, self._labels))
                   .with_outputs(REJECTED_TAG, main="records"))
         records, rejected = parsed.records, parsed[REJECTED_TAG]
+        if self._schema.id_column:
+            unique = records | "DropDuplicateIds" >> DropDuplicateIds()
+            records = unique.records
+            rejected = ((rejected, unique[REJECTED_TAG])
+                        | "AllRejected" >> beam.Flatten())
         skipped = pbegin | "NoneSkipped" >> beam.Create([])
         if self._max_records is not None:
             limited = records | "KeepFirstRecords" >> _KeepFirst(self._max_records)
@@ -71,6 +88,38 @@ class ReadRecords(beam.PTransform):
 def _source_order(record: rec.Record):
     name, _, row = record.source.rpartition(":")
     return (name, int(row)) if row.isdigit() else (record.source, 0)
+
+
+DUPLICATE_ID_REASON = ("duplicate record id: the first row with this id (in file and row "
+                       "order) is kept")
+
+
+class DropDuplicateIds(beam.PTransform):
+    """Keeps, of the rows sharing a (privacy unit, record id), the first in (file, row) order.
+
+    The others go to the `rejected` output. Rows of different privacy units
+    are never compared, so which row is kept depends on that unit's own rows
+    only (docs/privacy.md). Ties of the order (same-named files in different
+    folders) are broken by the row's content, so the choice is deterministic.
+    """
+
+    def expand(self, records):
+        rejected_counter = Metrics.counter(NAMESPACE, "records_rejected")
+
+        def keep_first(keyed):
+            _, rows = keyed
+            ordered = sorted(rows, key=lambda r: (_source_order(r), r.text, r.label or ""))
+            yield ordered[0]
+            for duplicate in ordered[1:]:
+                rejected_counter.inc()
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED_TAG, rec.Rejected(duplicate.source, DUPLICATE_ID_REASON))
+
+        return (records
+                | "KeyByUnitAndId" >> beam.Map(lambda r: ((r.unit, r.record_id), r))
+                | "GroupById" >> beam.GroupByKey()
+                | "KeepFirst" >> beam.FlatMap(keep_first).with_outputs(REJECTED_TAG,
+                                                                       main="records"))
 
 
 class _KeepFirst(beam.PTransform):

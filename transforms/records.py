@@ -6,6 +6,7 @@ A record the pipeline cannot use is never dropped silently: parsing yields a
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import io
@@ -21,22 +22,33 @@ _EXTENSIONS = {
 # Rejected rows keep only this much of the raw input, so a rejection file
 # points at the problem without copying whole private records around.
 RAW_EXCERPT_CHARS = 80
+# Python's csv module rejects fields over 128 KiB; a long text should meet
+# --max_chars and --over_length instead.
+CSV_FIELD_LIMIT = 1 << 26
 
 
 @dataclasses.dataclass(frozen=True)
 class Record:
     record_id: str
-    text: str
+    text: str = dataclasses.field(repr=False)   # private: never in a repr, log or error
     label: str | None = None
     unit: str | None = None
     source: str = ""     # "<file>:<row>", for ordering and for error messages
+    truncated: bool = False   # the text was cut to max_chars
 
 
 @dataclasses.dataclass(frozen=True)
 class Rejected:
-    source: str          # "<file>:<row>"
+    """A row the pipeline cannot use.
+
+    `reason` names the problem and never quotes the row: reasons go to logs,
+    counts and the run summary. Only `raw_excerpt` holds a little of the row,
+    for the operator's rejected-rows file.
+    """
+
+    source: str          # "<file>:<row>", or "<file>" for a file that cannot be read
     reason: str
-    raw_excerpt: str = ""
+    raw_excerpt: str = dataclasses.field(default="", repr=False)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
@@ -77,7 +89,7 @@ def parse_file(path: str, data: bytes, schema: RecordSchema, file_format: str
     """Every row of one input file, as a Record or a Rejected."""
     name = path.rsplit("/", 1)[-1]
     for row_number, row in iter_rows(data, file_format, schema.text_column):
-        source = f"{name}:{row_number}"
+        source = f"{name}:{row_number}" if row_number else name
         if isinstance(row, Rejected):
             yield dataclasses.replace(row, source=source)
         else:
@@ -98,6 +110,12 @@ def iter_rows(data: bytes, file_format: str, text_column: str = "text"
 
 
 def to_record(row: dict, source: str, schema: RecordSchema) -> Record | Rejected:
+    """One row as a Record, or a Rejected saying what is wrong with it.
+
+    Labels, ids and privacy units may be strings or whole numbers (JSON 5 and
+    5.0 both become "5", as the CSV text "5" does); booleans, fractions, lists,
+    objects and null are rejected, never turned into a category by str().
+    """
     text = row.get(schema.text_column)
     if schema.text_column not in row:
         return Rejected(source, f"missing text column '{schema.text_column}'", _excerpt(row))
@@ -109,38 +127,54 @@ def to_record(row: dict, source: str, schema: RecordSchema) -> Record | Rejected
     text = text.strip()
     if not text:
         return Rejected(source, "empty text")
+    truncated = False
     if len(text) > schema.max_chars:
         if schema.over_length == "reject":
             return Rejected(source, f"text longer than max_chars={schema.max_chars}")
-        text = text[:schema.max_chars]
+        text, truncated = text[:schema.max_chars], True
     label = None
     if schema.label_column:
         label = row.get(schema.label_column)
         if label is None or (isinstance(label, str) and not label.strip()):
             return Rejected(source, f"missing label column '{schema.label_column}'", _excerpt(row))
-        if isinstance(label, (dict, list, float)) and not _is_whole(label):
-            return Rejected(source, f"label is not a category ({type(label).__name__})", _excerpt(row))
+        if not _is_category(label):
+            return Rejected(source, f"label is not a category ({type(label).__name__}): use a "
+                                    "string or a whole number", _excerpt(row))
         label = _category(label)
         if _has_invalid_utf8(label):
             return Rejected(source, "invalid UTF-8 in label")
     record_id = source
     if schema.id_column:
-        value = row.get(schema.id_column)
-        if value is None or str(value).strip() == "":
-            return Rejected(source, f"missing id column '{schema.id_column}'", _excerpt(row))
-        record_id = str(value)
+        record_id = _key_value(row, schema.id_column, "id")
+        if isinstance(record_id, Rejected):
+            return dataclasses.replace(record_id, source=source, raw_excerpt=_excerpt(row))
     unit = None
     if schema.unit_column:
-        value = row.get(schema.unit_column)
-        if value is None or str(value).strip() == "":
-            return Rejected(source, f"missing privacy unit column '{schema.unit_column}'",
-                            _excerpt(row))
-        unit = str(value)
-    return Record(record_id=record_id, text=text, label=label, unit=unit, source=source)
+        unit = _key_value(row, schema.unit_column, "privacy unit")
+        if isinstance(unit, Rejected):
+            return dataclasses.replace(unit, source=source, raw_excerpt=_excerpt(row))
+    return Record(record_id=record_id, text=text, label=label, unit=unit, source=source,
+                  truncated=truncated)
 
 
-def _is_whole(value) -> bool:
-    return isinstance(value, float) and value.is_integer()
+def _key_value(row: dict, column: str, kind: str) -> str | Rejected:
+    """An id or privacy-unit value: a non-empty string or whole number."""
+    value = row.get(column)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return Rejected("", f"missing {kind} column '{column}'")
+    if not _is_category(value):
+        return Rejected("", f"{kind} column '{column}' is not a string or whole number "
+                            f"({type(value).__name__})")
+    value = _category(value)
+    if _has_invalid_utf8(value):
+        return Rejected("", f"invalid UTF-8 in {kind} column '{column}'")
+    return value
+
+
+def _is_category(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (str, int)) or (isinstance(value, float) and value.is_integer())
 
 
 def _category(value) -> str:
@@ -150,11 +184,14 @@ def _category(value) -> str:
 
 
 def _has_invalid_utf8(text: str) -> bool:
-    # Bytes that were not UTF-8 are decoded as lone surrogates (surrogateescape).
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+    # Bytes that were not UTF-8 are decoded as lone surrogates (surrogateescape);
+    # a JSON escape such as "\ud800" gives one too. Neither can be written out.
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def _decode(data: bytes) -> str:
+    if data.startswith(codecs.BOM_UTF8):  # spreadsheet exports often start with one
+        data = data[len(codecs.BOM_UTF8):]
     return data.decode("utf-8", errors="surrogateescape")
 
 
@@ -173,6 +210,9 @@ def _jsonl_rows(data: bytes):
         except json.JSONDecodeError as error:
             yield number, Rejected("", f"malformed JSON: {error.msg}", _excerpt(line))
             continue
+        except RecursionError:
+            yield number, Rejected("", "malformed JSON: nested too deeply", _excerpt(line))
+            continue
         if not isinstance(row, dict):
             yield number, Rejected("", "a JSON line must be an object", _excerpt(line))
             continue
@@ -181,7 +221,10 @@ def _jsonl_rows(data: bytes):
 
 def _csv_rows(data: bytes):
     text = _decode(data)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+    # strict: a stray quote is a malformed row, not silently glued to the next field
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -211,9 +254,14 @@ def _csv_rows(data: bytes):
 
 
 def _parquet_rows(data: bytes):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(data))
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as error:
+        yield 0, Rejected("", f"unreadable Parquet file ({type(error).__name__})")
+        return
     for number, row in enumerate(table.to_pylist(), start=1):
         yield number, row
 

@@ -10,9 +10,19 @@ from apache_beam.metrics import Metrics
 from transforms.write import output_path, write_text_file
 
 
+NO_BATCH_NOTE = ("No batch was planned: every cluster's noisy count was below --batch_size, "
+                 "so no synthetic record was written. Use more records or a smaller "
+                 "--batch_size.")
+
+
 def privacy_report(ledger, synthetic_records, *, generation_stage: str, parameters: dict,
-                   labels_from_data: bool) -> tuple[dict, str]:
-    """(JSON-able report, markdown). Feeds each batch's realised costs into the ledger."""
+                   labels_from_data: bool, planned_batches: int | None = None
+                   ) -> tuple[dict, str]:
+    """(JSON-able report, markdown). Feeds each batch's realised costs into the ledger.
+
+    Notes use DP releases and public parameters only (the planned batch count
+    comes from noisy counts), never exact counts of the data.
+    """
     for record in synthetic_records:
         ledger.record_batch(generation_stage, record.batch_id, tokens=record.tokens,
                             private_tokens=record.private_tokens, token_rhos=record.token_rhos,
@@ -21,6 +31,8 @@ def privacy_report(ledger, synthetic_records, *, generation_stage: str, paramete
     report = ledger.to_dict()
     report["parameters"] = parameters
     notes = []
+    if planned_batches == 0:
+        notes.append(NO_BATCH_NOTE)
     if labels_from_data:
         notes.append("The label values were taken from the data (no --label_values): the "
                      "guarantee assumes the set of labels is public.")
@@ -53,21 +65,22 @@ class WriteReports(beam.PTransform):
 
         def write(records, counts_, release_):
             records = sorted(records, key=lambda r: r.batch_id)
+            planned = sum(release_.batch_counts(parameters["batch_size"]).values())
             report, markdown = privacy_report(
                 make_ledger(), records, generation_stage=stage, parameters=parameters,
-                labels_from_data=release_.labels_from_data)
+                labels_from_data=release_.labels_from_data, planned_batches=planned)
             write_text_file(output_path(output, "privacy_report.json"),
                             json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
             write_text_file(output_path(output, "privacy_report.md"), markdown)
             summary = dict(sorted(counts_.items()))
-            summary["planned_batches"] = sum(release_.batch_counts(
-                parameters["batch_size"]).values())
+            summary["planned_batches"] = planned
             summary["tokens"] = sum(r.tokens for r in records)
             summary["private_tokens"] = sum(r.private_tokens for r in records)
             summary["public_tokens"] = sum(r.public_tokens for r in records)
             summary["formal_epsilon"] = report["formal_epsilon"]
             epsilon_gauge.set(int(round(1000 * report["formal_epsilon"])))
             summary["delta"] = report["delta"]
+            summary["notes"] = run_notes(summary, parameters["batch_size"])
             write_text_file(output_path(output, "run_summary.json"),
                             json.dumps(summary, indent=2, sort_keys=True) + "\n")
             yield summary
@@ -76,3 +89,20 @@ class WriteReports(beam.PTransform):
                 | "CollectSynthetic" >> beam.combiners.ToList()
                 | "Write" >> beam.FlatMap(write, beam.pvalue.AsDict(counts),
                                           beam.pvalue.AsSingleton(release)))
+
+
+def run_notes(summary: dict, batch_size: int) -> list[str]:
+    """What the operator should know about a run's input, from its exact counts.
+
+    For the run summary only: exact counts are not DP.
+    """
+    notes = []
+    accepted = summary.get("records_accepted", 0)
+    if accepted == 0:
+        notes.append("No record was accepted: see rejected-*.jsonl for the reasons.")
+    elif accepted < batch_size:
+        notes.append(f"The input has fewer accepted records ({accepted}) than one batch "
+                     f"(--batch_size {batch_size}).")
+    if summary.get("planned_batches") == 0:
+        notes.append(NO_BATCH_NOTE)
+    return notes

@@ -197,8 +197,8 @@ def _evaluate(args):
             seed=args.seed, say=say)
     except InputError as error:
         raise UsageError(str(error)) from None
-    for figure, value, _ in summary_rows(result):
-        print(f"  {figure}: {value}")
+    for figure, value, meaning in summary_rows(result):
+        print(f"  {figure}: {value}" + (f" ({meaning})" if value == "n/a" else ""))
     print(f"Report: {paths['html']} (figures in {paths['json']})")
 
 

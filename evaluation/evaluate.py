@@ -89,6 +89,8 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
     mauve = metrics.mauve_score(synthetic_vectors, real_vectors, seed=seed,
                                 num_buckets=mauve_buckets)
     mauve["features"] = f"sentence encoder, {real_vectors.shape[1]} dimensions, unit norm"
+    mauve["real_vs_real"] = _real_reference(real_vectors, mauve["sample_size"], seed=seed,
+                                            num_buckets=mauve_buckets)
 
     downstream = {}
     for column in label_columns:
@@ -133,6 +135,20 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
         "labels": labels,
         "memorisation": copying,
     }
+
+
+def _real_reference(real_vectors, sample_size, *, seed, num_buckets):
+    """MAUVE between two disjoint random samples of the real records, as many texts a side as
+    the synthetic comparison had when the real records suffice (else half of them): the
+    score that data from the real distribution itself gets at this sample size."""
+    size = min(sample_size, len(real_vectors) // 2)
+    if size < metrics.MIN_MAUVE_SAMPLE:
+        return {"score": None, "sample_size": size,
+                "reason": f"needs at least {2 * metrics.MIN_MAUVE_SAMPLE} real records"}
+    order = np.random.default_rng([seed, 1]).permutation(len(real_vectors))
+    reference = metrics.mauve_score(real_vectors[order[:size]], real_vectors[order[size:2 * size]],
+                                    seed=seed, num_buckets=num_buckets)
+    return {key: reference[key] for key in ("score", "sample_size", "num_buckets")}
 
 
 def _downstream(column, synthetic, synthetic_vectors, pool, pool_vectors, test, test_vectors, *,

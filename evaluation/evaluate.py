@@ -23,6 +23,7 @@ synthetic records carry no such label).
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -233,6 +234,8 @@ def evaluate_files(*, synthetic: str, real: str, output: str, private: str | Non
 
     say = say or (lambda line: None)
     label_columns = list(dict.fromkeys(label_columns))
+    if seed < 0:
+        raise data.InputError(f"--seed must be >= 0, got {seed}")
     if text_column in label_columns:
         raise data.InputError(f"{text_column!r} is the text column; it cannot be a label column")
     if synthetic_label_column is not None and synthetic_label_column not in label_columns:
@@ -251,8 +254,14 @@ def evaluate_files(*, synthetic: str, real: str, output: str, private: str | Non
                                          label_columns=label_columns, require_labels=False)
     for part in (synthetic_file, real_file, private_file):
         if part is not None and part.rejected:
-            say(f"{part.path}: {sum(part.rejected.values())} rows rejected "
-                f"({'; '.join(f'{n} {reason}' for reason, n in part.rejected.items())})")
+            say(f"{part.path}: unusable rows, counted in the report: "
+                + "; ".join(f"{n} {reason}" for reason, n in part.rejected.items()))
+
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as error:
+        raise data.InputError(f"cannot create the report directory {output}: "
+                              f"{error.strerror or error}") from None
 
     from offline_models.loading import load_sentence_encoder
 
@@ -267,7 +276,11 @@ def evaluate_files(*, synthetic: str, real: str, output: str, private: str | Non
     result = {"inputs": {"synthetic": synthetic_file.summary(), "real": real_file.summary(),
                          "private": None if private_file is None else private_file.summary()},
               **result}
-    paths = report.write_report(result, output,
-                                synthetic_texts=[r["text"] for r in synthetic_file.records],
-                                real_texts=[r["text"] for r in real_file.records])
+    try:
+        paths = report.write_report(result, output,
+                                    synthetic_texts=[r["text"] for r in synthetic_file.records],
+                                    real_texts=[r["text"] for r in real_file.records])
+    except OSError as error:
+        raise data.InputError(f"cannot write the report into {output}: "
+                              f"{error.strerror or error}") from None
     return result, paths

@@ -335,6 +335,7 @@ def test_command_writes_json_and_self_contained_html(tmp_path, capsys):
     ("empty", "has no usable records"),
     ("column", "has no column 'rating'"),
     ("text_column", "has no column 'body'"),
+    ("output", "cannot create the report directory"),
 ])
 def test_command_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, problem, expected):
     real, synthetic = _command_inputs(tmp_path)
@@ -347,12 +348,18 @@ def test_command_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, problem
         args[4] = str(tmp_path / "empty.csv")
     elif problem == "column":
         args += ["--label_column", "rating"]
-    else:
+    elif problem == "text_column":
         args += ["--text_column", "body"]
+    else:
+        (tmp_path / "a_file").write_text("", encoding="utf-8")
+        args += ["--output", str(tmp_path / "a_file" / "report")]
     code = cli.main(args)
     error = capsys.readouterr().err
     assert code == 2
-    assert error.count("\n") == 1 and error.startswith("dpsynth: error: ") and expected in error
+    assert "Traceback" not in error
+    last = error.splitlines()[-1]
+    assert [line for line in error.splitlines() if line.startswith("dpsynth:")] == [last]
+    assert last.startswith("dpsynth: error: ") and expected in last
     assert not (tmp_path / "out").exists()
 
 

@@ -103,7 +103,8 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
 
     labels = {}
     for column in label_columns:
-        synthetic_distribution = metrics.label_distribution([r["labels"][column] for r in synthetic])
+        synthetic_distribution = metrics.label_distribution(
+            [r["labels"][column] for r in synthetic])
         real_distribution = metrics.label_distribution([r["labels"][column] for r in real])
         labels[column] = {
             "synthetic": synthetic_distribution, "real": real_distribution,
@@ -158,7 +159,8 @@ def _downstream(column, synthetic, synthetic_vectors, pool, pool_vectors, test, 
         rows = [i for i, r in enumerate(records) if r["labels"][column] is not None]
         if limit is not None:
             rows = rows[:limit]
-        return vectors[np.asarray(rows, dtype=np.int64)], [records[i]["labels"][column] for i in rows]
+        labels = [records[i]["labels"][column] for i in rows]
+        return vectors[np.asarray(rows, dtype=np.int64)], labels
 
     train_x, train_y = labelled(synthetic, synthetic_vectors)
     test_x, test_y = labelled(test, test_vectors)

@@ -7,10 +7,11 @@ word ("don't", "joe's"); whitespace, punctuation, symbols and underscores only s
 So "The FOOD -- was great!" and "the food was great" are the same 4 words.
 
 Every n-gram is hashed (a polynomial hash mod 2**64 over random 64-bit word keys, computed
-for all positions at once with numpy), the synthetic hashes are looked up in the private
-ones, and every hit is then confirmed on the words themselves, so a hash collision can never
-count as a copy. Cost per n: a sort and a binary search, O(W log W) for W words in all; the longest match takes a binary
-search over n (a shared n-gram implies shared shorter ones), about log2(longest text) rounds.
+for all positions at once with numpy), the synthetic hashes are looked up in the sorted
+private ones, and every hit is then confirmed on the words themselves, so a hash collision
+can never count as a copy. Cost per n: O(W log W) for W words in all. The longest match is
+a binary search over n (a shared n-gram implies shared shorter ones), about log2(longest
+text) rounds: about a second for 10,000 private records of 150 words.
 """
 
 from __future__ import annotations

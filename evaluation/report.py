@@ -181,7 +181,8 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
                            "absent from training")
             rows.append((f"Accuracy {column}, {side.replace('_', ' ')}",
                          _number(part["accuracy"]), detail))
-        rows.append((f"Accuracy {column}, majority class", _number(entry["majority_class_accuracy"]),
+        rows.append((f"Accuracy {column}, majority class",
+                     _number(entry["majority_class_accuracy"]),
                      f"always answering {entry['majority_class']!r}"))
     for side in ("synthetic", "real"):
         lengths = result["lengths"][side]
@@ -238,7 +239,8 @@ def render_html(result: dict, plots: dict) -> str:
         parts.append(_table(("input", "path", "records", "rejected rows"),
                             [(name, part["path"], part["records"], part["rejected"])
                              for name, part in inputs.items() if part]))
-    parts.append(f"<p>Split: {html.escape(result['split'])}. Seed {result['settings']['seed']}.</p>")
+    parts.append(f"<p>Split: {html.escape(result['split'])}. "
+                 f"Seed {result['settings']['seed']}.</p>")
     parts.append("<h2>All figures</h2>")
     parts.append(_table(("figure", "value", "meaning"), summary_rows(result)))
     parts.append("<h2>Plots</h2>")

@@ -237,9 +237,9 @@ def test_evaluate_with_private_records_and_two_label_columns(tiny_encoder):
     # The synthetic "label" field holds the stars; the category is not in the synthetic file.
     synthetic = [{"text": t, "label": "5"} for t in sentences(FRUIT, 12, seed=30)]
     synthetic[3]["text"] = "we loved it " + " ".join(sentences(NOISE, 1, seed=31, length=12)) + " !"
+    private_texts = sentences(NOISE, 1, seed=31, length=12) + sentences(FRUIT, 19, seed=32)
     private = [{"text": t, "category": "fruit", "stars": s}
-               for t, s in zip(sentences(NOISE, 1, seed=31, length=12) + sentences(FRUIT, 19, seed=32),
-                               itertools.cycle(["5", "1"]))]
+               for t, s in zip(private_texts, itertools.cycle(["5", "1"]))]
     real = [{"text": t, "category": c, "stars": s}
             for t, c, s in zip(sentences(FRUIT, 30, seed=33), itertools.cycle(["fruit", "veg"]),
                                itertools.cycle(["5", "1", "3"]))]
@@ -275,7 +275,7 @@ def test_report_embeds_every_plot_in_one_html(tmp_path, tiny_encoder):
     assert page.count("src='data:image/png;base64,iVBORw0KGgo") == 3
     assert "<img" in page and "src='lengths.png'" not in page
     saved = json.loads((tmp_path / "evaluation.json").read_text())
-    assert saved["downstream"]["category"]["test_size"] == result["downstream"]["category"]["test_size"]
+    assert saved["downstream"] == json.loads(json.dumps(result["downstream"]))
     assert set(saved["plots"].values()) == {"accuracy.png", "labels_category.png", "lengths.png"}
     assert paths["html"].endswith("evaluation.html")
 

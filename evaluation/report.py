@@ -176,9 +176,9 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
             part = entry[side]
             detail = (f"{part['train_size']} training records, {part['test_size']} test records"
                       if part["accuracy"] is not None else part.get("reason", ""))
-            if part["accuracy"] is not None and part["test_classes_missing_from_training"]:
-                detail += (f"; {len(part['test_classes_missing_from_training'])} test classes "
-                           "absent from training")
+            missing = len(part["test_classes_missing_from_training"])
+            if part["accuracy"] is not None and missing:
+                detail += f"; {missing} test class{'es' if missing > 1 else ''} absent from training"
             rows.append((f"Accuracy {column}, {side.replace('_', ' ')}",
                          _number(part["accuracy"]), detail))
         rows.append((f"Accuracy {column}, majority class",

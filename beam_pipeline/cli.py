@@ -61,8 +61,7 @@ def _parser():
 
     evaluate = commands.add_parser(
         "evaluate", help="score a synthetic dataset against real data: MAUVE, downstream "
-                         "accuracy, lengths, labels, verbatim copying",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         "accuracy, lengths, labels, verbatim copying")
     evaluate.add_argument("--synthetic", required=True,
                           help="synthetic records (a file or a glob, e.g. out/synthetic-*.jsonl)")
     evaluate.add_argument("--real", required=True,
@@ -77,16 +76,19 @@ def _parser():
                           help="which --label_column the synthetic records' 'label' field holds "
                                "(default: the first)")
     evaluate.add_argument("--text_column", default="text",
-                          help="text column of the real and private data")
+                          help="text column of the real and private data (default: text)")
     evaluate.add_argument("--synthetic_text_column", default="text",
-                          help="text field of the synthetic records")
-    evaluate.add_argument("--output", default="output/evaluation", help="report directory")
+                          help="text field of the synthetic records (default: text)")
+    evaluate.add_argument("--output", default="output/evaluation",
+                          help="report directory (default: output/evaluation)")
     evaluate.add_argument("--encoder", default=registry.DEFAULT_ENCODER,
-                          help="sentence encoder for MAUVE features and the classifiers")
+                          help="sentence encoder for MAUVE features and the classifiers "
+                               f"(default: {registry.DEFAULT_ENCODER})")
     evaluate.add_argument("--encoder_sequence_length", type=_positive_int, default=128,
-                          help="encoder tokens per text")
+                          help="encoder tokens per text (default: 128)")
     evaluate.add_argument("--seed", type=int, default=0,
-                          help="seed of the subsampling, the split, k-means and the classifier")
+                          help="seed of the subsampling, the split, k-means and the classifier "
+                               "(default: 0)")
     evaluate.set_defaults(run=_evaluate)
 
     smoke = commands.add_parser(
@@ -210,8 +212,8 @@ def _evaluate(args):
             seed=args.seed, say=say)
     except InputError as error:
         raise UsageError(str(error)) from None
-    for figure, value, _ in summary_rows(result):
-        print(f"  {figure}: {value}")
+    for figure, value, meaning in summary_rows(result):
+        print(f"  {figure}: {value}" + (f" ({meaning})" if value == "n/a" else ""))
     print(f"Report: {paths['html']} (figures in {paths['json']})")
 
 

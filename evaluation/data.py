@@ -87,7 +87,8 @@ def read_records(pattern: str, *, what: str, text_column: str, label_columns=(),
                 if column not in row:
                     continue
                 labelled = records_lib.to_record(row, source, schema)
-                output[column] = labelled.label if isinstance(labelled, records_lib.Record) else None
+                usable = isinstance(labelled, records_lib.Record)
+                output[column] = labelled.label if usable else None
             records.append(output)
     column_list = list(columns)
     if columns and text_column not in columns:

@@ -23,6 +23,7 @@ synthetic records carry no such label).
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -89,6 +90,8 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
     mauve = metrics.mauve_score(synthetic_vectors, real_vectors, seed=seed,
                                 num_buckets=mauve_buckets)
     mauve["features"] = f"sentence encoder, {real_vectors.shape[1]} dimensions, unit norm"
+    mauve["real_vs_real"] = _real_reference(real_vectors, mauve["sample_size"], seed=seed,
+                                            num_buckets=mauve_buckets)
 
     downstream = {}
     for column in label_columns:
@@ -100,7 +103,8 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
 
     labels = {}
     for column in label_columns:
-        synthetic_distribution = metrics.label_distribution([r["labels"][column] for r in synthetic])
+        synthetic_distribution = metrics.label_distribution(
+            [r["labels"][column] for r in synthetic])
         real_distribution = metrics.label_distribution([r["labels"][column] for r in real])
         labels[column] = {
             "synthetic": synthetic_distribution, "real": real_distribution,
@@ -135,13 +139,28 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
     }
 
 
+def _real_reference(real_vectors, sample_size, *, seed, num_buckets):
+    """MAUVE between two disjoint random samples of the real records, as many texts a side as
+    the synthetic comparison had when the real records suffice (else half of them): the
+    score that data from the real distribution itself gets at this sample size."""
+    size = min(sample_size, len(real_vectors) // 2)
+    if size < metrics.MIN_MAUVE_SAMPLE:
+        return {"score": None, "sample_size": size,
+                "reason": f"needs at least {2 * metrics.MIN_MAUVE_SAMPLE} real records"}
+    order = np.random.default_rng([seed, 1]).permutation(len(real_vectors))
+    reference = metrics.mauve_score(real_vectors[order[:size]], real_vectors[order[size:2 * size]],
+                                    seed=seed, num_buckets=num_buckets)
+    return {key: reference[key] for key in ("score", "sample_size", "num_buckets")}
+
+
 def _downstream(column, synthetic, synthetic_vectors, pool, pool_vectors, test, test_vectors, *,
                 seed, baseline_source):
     def labelled(records, vectors, limit=None):
         rows = [i for i, r in enumerate(records) if r["labels"][column] is not None]
         if limit is not None:
             rows = rows[:limit]
-        return vectors[np.asarray(rows, dtype=np.int64)], [records[i]["labels"][column] for i in rows]
+        labels = [records[i]["labels"][column] for i in rows]
+        return vectors[np.asarray(rows, dtype=np.int64)], labels
 
     train_x, train_y = labelled(synthetic, synthetic_vectors)
     test_x, test_y = labelled(test, test_vectors)
@@ -217,6 +236,8 @@ def evaluate_files(*, synthetic: str, real: str, output: str, private: str | Non
 
     say = say or (lambda line: None)
     label_columns = list(dict.fromkeys(label_columns))
+    if seed < 0:
+        raise data.InputError(f"--seed must be >= 0, got {seed}")
     if text_column in label_columns:
         raise data.InputError(f"{text_column!r} is the text column; it cannot be a label column")
     if synthetic_label_column is not None and synthetic_label_column not in label_columns:
@@ -235,8 +256,14 @@ def evaluate_files(*, synthetic: str, real: str, output: str, private: str | Non
                                          label_columns=label_columns, require_labels=False)
     for part in (synthetic_file, real_file, private_file):
         if part is not None and part.rejected:
-            say(f"{part.path}: {sum(part.rejected.values())} rows rejected "
-                f"({'; '.join(f'{n} {reason}' for reason, n in part.rejected.items())})")
+            say(f"{part.path}: unusable rows, counted in the report: "
+                + "; ".join(f"{n} {reason}" for reason, n in part.rejected.items()))
+
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as error:
+        raise data.InputError(f"cannot create the report directory {output}: "
+                              f"{error.strerror or error}") from None
 
     from offline_models.loading import load_sentence_encoder
 
@@ -251,7 +278,11 @@ def evaluate_files(*, synthetic: str, real: str, output: str, private: str | Non
     result = {"inputs": {"synthetic": synthetic_file.summary(), "real": real_file.summary(),
                          "private": None if private_file is None else private_file.summary()},
               **result}
-    paths = report.write_report(result, output,
-                                synthetic_texts=[r["text"] for r in synthetic_file.records],
-                                real_texts=[r["text"] for r in real_file.records])
+    try:
+        paths = report.write_report(result, output,
+                                    synthetic_texts=[r["text"] for r in synthetic_file.records],
+                                    real_texts=[r["text"] for r in real_file.records])
+    except OSError as error:
+        raise data.InputError(f"cannot write the report into {output}: "
+                              f"{error.strerror or error}") from None
     return result, paths

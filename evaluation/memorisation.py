@@ -7,10 +7,11 @@ word ("don't", "joe's"); whitespace, punctuation, symbols and underscores only s
 So "The FOOD -- was great!" and "the food was great" are the same 4 words.
 
 Every n-gram is hashed (a polynomial hash mod 2**64 over random 64-bit word keys, computed
-for all positions at once with numpy), the synthetic hashes are looked up in the private
-ones, and every hit is then confirmed on the words themselves, so a hash collision can never
-count as a copy. Cost per n: O(W log W) for W words in all; the longest match takes a binary
-search over n (a shared n-gram implies shared shorter ones), about log2(longest text) rounds.
+for all positions at once with numpy), the synthetic hashes are looked up in the sorted
+private ones, and every hit is then confirmed on the words themselves, so a hash collision
+can never count as a copy. Cost per n: O(W log W) for W words in all. The longest match is
+a binary search over n (a shared n-gram implies shared shorter ones), about log2(longest
+text) rounds: about a second for 10,000 private records of 150 words.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ class _Corpus:
         return tuple(self.ids[start:start + n].tolist())
 
 
+def _members(values: np.ndarray, sorted_table: np.ndarray) -> np.ndarray:
+    """values[i] in sorted_table, for every i (binary search: faster than np.isin here)."""
+    if not len(sorted_table):
+        return np.zeros(len(values), dtype=bool)
+    index = np.minimum(np.searchsorted(sorted_table, values), len(sorted_table) - 1)
+    return sorted_table[index] == values
+
+
 class CopyIndex:
     """The synthetic and private texts tokenised once, for several n-gram queries."""
 
@@ -92,14 +101,14 @@ class CopyIndex:
             raise ValueError("n must be >= 1")
         synthetic_hashes, synthetic_starts = self.synthetic.windows(n)
         private_hashes, private_starts = self.private.windows(n)
-        hit = np.isin(synthetic_hashes, private_hashes)
+        hit = _members(synthetic_hashes, np.sort(private_hashes))
         if not hit.any():
             return []
         candidates = list(zip(synthetic_hashes[hit].tolist(), synthetic_starts[hit].tolist()))
         if first_only:
             by_hash = None
         else:
-            wanted = np.isin(private_hashes, synthetic_hashes[hit])
+            wanted = _members(private_hashes, np.sort(synthetic_hashes[hit]))
             by_hash: dict[int, list[int]] = {}
             for value, start in zip(private_hashes[wanted].tolist(),
                                     private_starts[wanted].tolist()):

@@ -23,13 +23,17 @@ MIN_MAUVE_SAMPLE = 10
 
 
 def mauve_buckets(sample_size: int) -> int:
-    """mauve-text's own 'auto' rule: one k-means bucket per 10 texts of a side, at least 2.
+    """k-means buckets for MAUVE on `sample_size` texts a side: round(n / 10), as mauve-text's
+    'auto' rule, but at least 5, and never more than n // 4 (at least 2).
 
-    Kept as is so that a figure is comparable with published ones at the same sample size
-    (256 texts a side give 26 buckets). With fewer buckets the histograms are coarser and
-    MAUVE is more lenient; with more, each bucket holds too few texts to estimate its mass.
+    From 50 texts a side up this is exactly mauve-text's rule, so a figure is comparable with
+    published ones at the same size (256 texts a side give 26 buckets). Below that 'auto'
+    gives 2 to 4 buckets, too coarse to tell texts apart: on MiniLM features of 32 Yelp
+    reviews, 3 buckets scored a synthetic set 0.89 against 0.93 for other real reviews, and
+    5 buckets 0.78 against 0.91. The n // 4 cap keeps at least 4 texts a side per bucket on
+    average, so that same-source sets are not split into noise.
     """
-    return max(2, int(round(sample_size / 10)))
+    return max(2, min(max(5, int(round(sample_size / 10))), sample_size // 4))
 
 
 def equal_size_indices(p_count: int, q_count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +72,13 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, *, seed: int = 0
     with _native_stderr_silenced():   # faiss warns about small k-means inputs on fd 2
         out = mauve.compute_mauve(p_features=p_features[p_index], q_features=q_features[q_index],
                                   num_buckets=buckets, seed=seed, verbose=False)
-    result.update(score=float(out.mauve), frontier_integral=float(out.frontier_integral),
+    score = float(out.mauve)
+    if np.array_equal(out.p_hist, out.q_hist):
+        # Equal histograms collapse the divergence curve onto the point (1, 1), whose area is
+        # 1; mauve-text integrates it after an unstable sort of tied points and can return
+        # 0.75 (seen for a set scored against itself).
+        score = 1.0
+    result.update(score=score, frontier_integral=float(out.frontier_integral),
                   num_buckets=int(out.num_buckets))
     return result
 

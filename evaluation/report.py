@@ -165,17 +165,24 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
                      "1 = indistinguishable from the real texts, near 0 = unlike them"))
     else:
         rows.append(("MAUVE", "n/a", mauve.get("reason", "")))
+    reference = mauve.get("real_vs_real")
+    if reference:
+        rows.append(("MAUVE, real vs real", _number(reference["score"]),
+                     f"two disjoint samples of {reference['sample_size']} real texts: what data "
+                     "from the real distribution itself scores at this size"
+                     if reference["score"] is not None else reference.get("reason", "")))
     for column, entry in result.get("downstream", {}).items():
         for side in ("trained_on_synthetic", "trained_on_real"):
             part = entry[side]
             detail = (f"{part['train_size']} training records, {part['test_size']} test records"
                       if part["accuracy"] is not None else part.get("reason", ""))
-            if part["accuracy"] is not None and part["test_classes_missing_from_training"]:
-                detail += (f"; {len(part['test_classes_missing_from_training'])} test classes "
-                           "absent from training")
+            missing = len(part["test_classes_missing_from_training"])
+            if part["accuracy"] is not None and missing:
+                detail += f"; {missing} test class{'es' if missing > 1 else ''} absent from training"
             rows.append((f"Accuracy {column}, {side.replace('_', ' ')}",
                          _number(part["accuracy"]), detail))
-        rows.append((f"Accuracy {column}, majority class", _number(entry["majority_class_accuracy"]),
+        rows.append((f"Accuracy {column}, majority class",
+                     _number(entry["majority_class_accuracy"]),
                      f"always answering {entry['majority_class']!r}"))
     for side in ("synthetic", "real"):
         lengths = result["lengths"][side]
@@ -185,15 +192,19 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
                      f"median {_number(lengths['words']['median'], 1)} words over "
                      f"{lengths['words']['count']} texts"))
     for column, entry in result.get("labels", {}).items():
-        rows.append((f"Label distance {column}", _number(entry["total_variation"]),
-                     "total variation between the label shares: 0 same, 1 disjoint"))
+        if entry["total_variation"] is None:
+            empty = [side for side in ("synthetic", "real") if not entry[side]["labelled"]]
+            meaning = f"no {' and no '.join(empty)} record carries a {column!r} label"
+        else:
+            meaning = "total variation between the label shares: 0 same, 1 disjoint"
+        rows.append((f"Label distance {column}", _number(entry["total_variation"]), meaning))
     copying = result["memorisation"]
     if copying.get("computed", True):
         longest = copying["longest_shared_ngram"]
         rows.append(("Longest shared n-gram", str(longest["length"]),
                      "words in the longest span a synthetic text repeats verbatim from a "
                      "private record"))
-        rows.append((f"Texts sharing a {copying['copy_ngram']}-gram",
+        rows.append((f"Texts sharing {copying['copy_ngram']} consecutive words",
                      _number(copying["copied_fraction"]),
                      f"{copying['copied_texts']} of {copying['synthetic_texts']} synthetic texts "
                      f"repeat {copying['copy_ngram']} consecutive words of a private record"))
@@ -228,7 +239,8 @@ def render_html(result: dict, plots: dict) -> str:
         parts.append(_table(("input", "path", "records", "rejected rows"),
                             [(name, part["path"], part["records"], part["rejected"])
                              for name, part in inputs.items() if part]))
-    parts.append(f"<p>Split: {html.escape(result['split'])}. Seed {result['settings']['seed']}.</p>")
+    parts.append(f"<p>Split: {html.escape(result['split'])}. "
+                 f"Seed {result['settings']['seed']}.</p>")
     parts.append("<h2>All figures</h2>")
     parts.append(_table(("figure", "value", "meaning"), summary_rows(result)))
     parts.append("<h2>Plots</h2>")

@@ -1,0 +1,402 @@
+"""`dpsynth evaluate` and the evaluation package: metrics, memorisation, report, command."""
+
+import csv
+import itertools
+import json
+import time
+
+import numpy as np
+import pytest
+
+from beam_pipeline import cli
+from beam_pipeline.demo import DEFAULT_INPUT as YELP_CSV
+from evaluation import memorisation, metrics
+from evaluation.evaluate import evaluate
+from evaluation.report import write_report
+
+FRUIT = "apple banana cherry grape melon peach pear plum lemon lime".split()
+NOISE = "zebra xylophone quartz jazz fizz buzz vex wax oxygen kiwi".split()
+
+
+def sentences(vocabulary, count, seed, length=8):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(vocabulary, size=length)) for _ in range(count)]
+
+
+# ---------------------------------------------------------------------------- MAUVE
+
+def test_mauve_is_near_one_for_the_same_distribution_and_low_for_a_different_one(tiny_encoder):
+    fruit_a = tiny_encoder.embed(sentences(FRUIT, 40, seed=1))
+    fruit_b = tiny_encoder.embed(sentences(FRUIT, 40, seed=2))
+    noise = tiny_encoder.embed(sentences(NOISE, 40, seed=3))
+
+    itself = metrics.mauve_score(fruit_a, fruit_a, seed=0)
+    same_source = metrics.mauve_score(fruit_a, fruit_b, seed=0)
+    different = metrics.mauve_score(fruit_a, noise, seed=0)
+
+    assert itself["score"] == 1.0
+    assert same_source["score"] > 0.8
+    assert different["score"] < 0.3
+    assert same_source["score"] - different["score"] > 0.5
+    assert same_source["sample_size"] == 40 and same_source["num_buckets"] == 5
+
+
+def test_mauve_subsamples_the_larger_side_with_the_seed(tiny_encoder):
+    many = tiny_encoder.embed(sentences(FRUIT, 90, seed=4))
+    few = tiny_encoder.embed(sentences(FRUIT, 30, seed=5))
+
+    first = metrics.mauve_score(many, few, seed=7)
+    again = metrics.mauve_score(many, few, seed=7)
+
+    assert (first["p_size"], first["q_size"], first["sample_size"]) == (90, 30, 30)
+    assert first["num_buckets"] == metrics.mauve_buckets(30) == 5
+    assert first["score"] == again["score"]
+    p_rows, q_rows = metrics.equal_size_indices(90, 30, seed=7)
+    assert len(set(p_rows.tolist())) == 30 and q_rows.tolist() == list(range(30))
+
+
+def test_mauve_buckets_are_one_per_ten_texts_with_a_floor_for_small_samples():
+    sizes = (10, 14, 19, 20, 32, 50, 60, 256, 1000)
+    assert [metrics.mauve_buckets(n) for n in sizes] == [2, 3, 4, 5, 5, 5, 6, 26, 100]
+
+
+def test_mauve_is_not_computed_on_too_few_texts():
+    features = np.eye(12, dtype=np.float32)
+    result = metrics.mauve_score(features[:9], features, seed=0)
+    assert result["score"] is None
+    assert result["sample_size"] == 9 and "at least 10" in result["reason"]
+
+
+# ---------------------------------------------------------------------------- accuracy
+
+def test_downstream_accuracy_beats_chance_on_separable_data(tiny_encoder):
+    train_texts = sentences(FRUIT, 30, seed=10) + sentences(NOISE, 30, seed=11)
+    test_texts = sentences(FRUIT, 20, seed=12) + sentences(NOISE, 20, seed=13)
+    result = metrics.downstream_accuracy(
+        tiny_encoder.embed(train_texts), ["fruit"] * 30 + ["noise"] * 30,
+        tiny_encoder.embed(test_texts), ["fruit"] * 20 + ["noise"] * 20, seed=0)
+    assert result["accuracy"] > 0.8       # chance is 0.5
+    assert (result["train_size"], result["test_size"], result["train_classes"]) == (60, 40, 2)
+
+
+def test_downstream_accuracy_reports_degenerate_labels_instead_of_failing():
+    x = np.random.default_rng(0).normal(size=(6, 4))
+    single = metrics.downstream_accuracy(x[:3], ["a", "a", "a"], x[3:], ["a", "b", "c"])
+    assert single["accuracy"] is None and "one class" in single["reason"]
+    assert single["test_classes_missing_from_training"] == ["b", "c"]
+
+    empty = metrics.downstream_accuracy(x[:0], [], x[3:], ["a", "b", "c"])
+    assert empty["accuracy"] is None and "no training records" in empty["reason"]
+
+    missing = metrics.downstream_accuracy(
+        np.vstack([x[:2], x[:2] + 5]), ["a", "a", "b", "b"], x[3:], ["a", "b", "c"])
+    assert missing["accuracy"] is not None
+    assert missing["accuracy"] <= 2 / 3                   # the "c" row cannot be right
+    assert missing["test_classes_missing_from_training"] == ["c"]
+    assert missing["test_share_of_missing_classes"] == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------------------- shapes
+
+def test_length_stats_match_hand_computed_values():
+    texts = ["a bb ccc", "dddd", "ee ff", "g h i j"]     # chars 8, 4, 5, 7; words 3, 1, 2, 4
+    stats = metrics.length_stats(texts)
+    assert stats["chars"] == {"count": 4, "mean": 6.0, "median": 6.0, "p10": 4.3, "p90": 7.7,
+                              "min": 4, "max": 8}
+    assert stats["words"]["mean"] == 2.5 and stats["words"]["median"] == 2.5
+    assert (stats["words"]["min"], stats["words"]["max"]) == (1, 4)
+    assert metrics.length_stats([])["chars"]["mean"] is None
+
+
+def test_label_distribution_and_total_variation_match_hand_computed_values():
+    real = metrics.label_distribution(["b", "a", "b", None, "b", "c"])
+    assert real["counts"] == {"b": 3, "a": 1, "c": 1}
+    assert list(real["counts"]) == ["b", "a", "c"]                  # by count, then name
+    assert real["shares"] == {"b": 0.6, "a": 0.2, "c": 0.2}
+    assert (real["labelled"], real["unlabelled"]) == (5, 1)
+    synthetic = metrics.label_distribution(["a", "a", "b", "d"])
+    # |0.6-0.25| + |0.2-0.5| + |0.2-0| + |0-0.25| = 1.1, halved
+    assert metrics.total_variation(synthetic["shares"], real["shares"]) == pytest.approx(0.55)
+
+
+# ---------------------------------------------------------------------------- memorisation
+
+PRIVATE = [
+    "Our waiter Marco remembered my order from last spring and the tiramisu was divine as usual.",
+    "Parking was a nightmare on Saturday, but the bakery's croissants made up for it.",
+    "I booked the spa package for my sister's birthday; the masseuse was late by an hour.",
+]
+
+
+def test_words_are_lower_cased_and_split_on_punctuation():
+    assert memorisation.words("Don't STOP -- the_food, 3.5 stars!  Joe\u2019s") == [
+        "don't", "stop", "the", "food", "3", "5", "stars", "joe's"]
+
+
+def test_a_copied_twelve_word_span_is_found():
+    # Words 3..14 of the first private record, with other case and punctuation around them.
+    copied = "Honestly: REMEMBERED my order from last spring, and the tiramisu was divine as!! wow"
+    synthetic = ["A quiet place with good coffee and friendly staff.", copied,
+                 "Nothing here repeats the private reviews at all."]
+    result = memorisation.memorisation(synthetic, PRIVATE)
+    longest = result["longest_shared_ngram"]
+    assert longest["length"] == 12
+    assert longest["ngram"] == "remembered my order from last spring and the tiramisu was divine as"
+    assert (longest["synthetic_index"], longest["private_index"]) == (1, 0)
+    assert result["copied_texts"] == 1 and result["copied_indices"] == [1]
+    assert result["copied_fraction"] == pytest.approx(1 / 3)
+    assert memorisation.longest_shared_ngram(synthetic, PRIVATE)["length"] == 12
+    assert memorisation.copied_ngram_fraction(synthetic, PRIVATE) == pytest.approx(1 / 3)
+
+
+def test_disjoint_texts_share_nothing():
+    synthetic = ["Zebras graze quietly near xylophones.", "Quartz fizz buzz vex wax oxygen."]
+    result = memorisation.memorisation(synthetic, PRIVATE)
+    assert result["longest_shared_ngram"] == {"length": 0}
+    assert result["copied_texts"] == 0 and result["copied_fraction"] == 0.0
+
+
+def _brute_force_longest(synthetic, private):
+    best = 0
+    for a in map(memorisation.words, synthetic):
+        for b in map(memorisation.words, private):
+            previous = [0] * (len(b) + 1)
+            for i in range(len(a)):
+                current = [0] * (len(b) + 1)
+                for j in range(len(b)):
+                    if a[i] == b[j]:
+                        current[j + 1] = previous[j] + 1
+                        best = max(best, current[j + 1])
+                previous = current
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_longest_shared_ngram_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    vocabulary = "a b c d e".split()             # small: many accidental matches
+    private = [" ".join(rng.choice(vocabulary, size=int(rng.integers(0, 30)))) for _ in range(6)]
+    synthetic = [" ".join(rng.choice(vocabulary, size=int(rng.integers(0, 30)))) for _ in range(6)]
+    assert (memorisation.longest_shared_ngram(synthetic, private)["length"]
+            == _brute_force_longest(synthetic, private))
+    for n in (1, 3, 8):
+        expected = sum(
+            any(tuple(w[i:i + n]) in {tuple(p[k:k + n]) for p in map(memorisation.words, private)
+                                      for k in range(len(p) - n + 1)}
+                for i in range(len(w) - n + 1))
+            for w in map(memorisation.words, synthetic))
+        assert memorisation.CopyIndex(synthetic, private).copied_fraction(n)["copied"] == expected
+
+
+def test_memorisation_check_is_fast_on_ten_thousand_private_records():
+    rng = np.random.default_rng(0)
+    vocabulary = [f"w{i}" for i in range(5000)]
+    private = [" ".join(rng.choice(vocabulary, size=120)) for _ in range(10_000)]
+    synthetic = [" ".join(rng.choice(vocabulary, size=60)) for _ in range(500)]
+    synthetic[7] = "start " + " ".join(private[4321].split()[50:70]) + " end"
+    started = time.perf_counter()
+    result = memorisation.memorisation(synthetic, private)
+    assert time.perf_counter() - started < 30     # about 1 s on a 2-core machine
+    assert result["longest_shared_ngram"]["length"] == 20
+    assert result["copied_indices"] == [7]
+
+
+# ---------------------------------------------------------------------------- evaluate()
+
+def _labelled(texts, label):
+    return [{"text": t, "category": label} for t in texts]
+
+
+def test_evaluate_trains_on_synthetic_and_on_a_disjoint_real_split(tiny_encoder):
+    synthetic = [{"text": t, "label": "fruit"} for t in sentences(FRUIT, 20, seed=20)] + [
+        {"text": t, "label": "noise"} for t in sentences(NOISE, 20, seed=21)]
+    real = (_labelled(sentences(FRUIT, 50, seed=22), "fruit")
+            + _labelled(sentences(NOISE, 50, seed=23), "noise"))
+    lines = []
+    result = evaluate(synthetic, real, label_columns=["category"], encoder=tiny_encoder, seed=0,
+                      say=lines.append)
+
+    assert result["sizes"] == {"synthetic": 40, "real": 100, "private": None, "test": 60,
+                               "baseline_pool": 40}
+    downstream = result["downstream"]["category"]
+    assert downstream["trained_on_synthetic"]["accuracy"] > 0.8
+    assert downstream["trained_on_real"]["accuracy"] > 0.8
+    assert downstream["trained_on_real"]["train_size"] == 40
+    assert downstream["trained_on_synthetic"]["test_size"] == downstream["test_size"] == 60
+    assert result["labels"]["category"]["synthetic"]["counts"] == {"fruit": 20, "noise": 20}
+    assert result["labels"]["category"]["real"]["counts"] == {"fruit": 50, "noise": 50}
+    assert result["mauve"]["sample_size"] == 40 and result["mauve"]["score"] > 0.5
+    reference = result["mauve"]["real_vs_real"]       # two disjoint halves of the 100 real
+    assert reference["sample_size"] == 40 and reference["num_buckets"] == 5
+    assert 0.5 < reference["score"] <= 1.0
+    assert result["memorisation"] == {"computed": False, "reason": "no private records given"}
+    assert any(line.startswith("embedding real texts") for line in lines)
+
+
+def test_evaluate_with_private_records_and_two_label_columns(tiny_encoder):
+    # The synthetic "label" field holds the stars; the category is not in the synthetic file.
+    synthetic = [{"text": t, "label": "5"} for t in sentences(FRUIT, 12, seed=30)]
+    synthetic[3]["text"] = "we loved it " + " ".join(sentences(NOISE, 1, seed=31, length=12)) + " !"
+    private_texts = sentences(NOISE, 1, seed=31, length=12) + sentences(FRUIT, 19, seed=32)
+    private = [{"text": t, "category": "fruit", "stars": s}
+               for t, s in zip(private_texts, itertools.cycle(["5", "1"]))]
+    real = [{"text": t, "category": c, "stars": s}
+            for t, c, s in zip(sentences(FRUIT, 30, seed=33), itertools.cycle(["fruit", "veg"]),
+                               itertools.cycle(["5", "1", "3"]))]
+    result = evaluate(synthetic, real, label_columns=["category", "stars"], encoder=tiny_encoder,
+                      synthetic_label_column="stars", private_records=private, seed=1)
+
+    category, stars = result["downstream"]["category"], result["downstream"]["stars"]
+    assert category["trained_on_synthetic"]["accuracy"] is None
+    assert "carry no 'category' label" in category["trained_on_synthetic"]["reason"]
+    assert category["trained_on_real"]["accuracy"] is None       # private: one category only
+    assert stars["trained_on_synthetic"]["accuracy"] is None     # all synthetic rows say "5"
+    assert stars["trained_on_synthetic"]["test_classes_missing_from_training"] == ["1", "3"]
+    assert stars["trained_on_real"]["accuracy"] is not None
+    assert stars["trained_on_real"]["train_size"] == 12 and stars["test_size"] == 30
+    assert stars["trained_on_real"]["trained_on"] == "private"
+    assert result["sizes"]["test"] == 30 and result["sizes"]["baseline_pool"] == 12
+    copying = result["memorisation"]
+    assert copying["longest_shared_ngram"]["length"] == 12
+    assert copying["copied_indices"] == [3] and copying["copied_fraction"] == pytest.approx(1 / 12)
+
+
+def test_report_embeds_every_plot_in_one_html(tmp_path, tiny_encoder):
+    synthetic = _labelled(sentences(FRUIT, 12, seed=40), "fruit") + _labelled(
+        sentences(NOISE, 12, seed=41), "noise")
+    real = _labelled(sentences(FRUIT, 20, seed=42), "fruit") + _labelled(
+        sentences(NOISE, 20, seed=43), "noise")
+    result = evaluate(synthetic, real, label_columns=["category"], encoder=tiny_encoder)
+    paths = write_report(result, str(tmp_path), synthetic_texts=[r["text"] for r in synthetic],
+                         real_texts=[r["text"] for r in real])
+    page = (tmp_path / "evaluation.html").read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "accuracy.png", "labels_category.png", "lengths.png"]
+    assert page.count("src='data:image/png;base64,iVBORw0KGgo") == 3
+    assert "<img" in page and "src='lengths.png'" not in page
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert saved["downstream"] == json.loads(json.dumps(result["downstream"]))
+    assert set(saved["plots"].values()) == {"accuracy.png", "labels_category.png", "lengths.png"}
+    assert paths["html"].endswith("evaluation.html")
+
+
+# ---------------------------------------------------------------------------- the command
+
+def _write_csv(path, rows, fields=("text", "category", "stars")):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _command_inputs(tmp_path):
+    real = [{"text": t, "category": c, "stars": s} for t, c, s in zip(
+        sentences(FRUIT, 20, seed=50) + sentences(NOISE, 20, seed=51),
+        ["fruit"] * 20 + ["noise"] * 20, itertools.cycle(["1", "5"]))]
+    real.append({"text": "   ", "category": "fruit", "stars": "1"})        # rejected: empty text
+    synthetic = tmp_path / "synthetic-00000-of-00001.jsonl"
+    synthetic.write_text("".join(
+        json.dumps({"text": t, "label": label, "cluster": 0}) + "\n"
+        for t, label in zip(sentences(FRUIT, 10, seed=52) + sentences(NOISE, 10, seed=53),
+                            ["fruit"] * 10 + ["noise"] * 10)), encoding="utf-8")
+    return _write_csv(tmp_path / "real.csv", real), synthetic
+
+
+def test_command_writes_json_and_self_contained_html(tmp_path, capsys):
+    real, synthetic = _command_inputs(tmp_path)
+    private = _write_csv(tmp_path / "private.csv", [
+        {"text": "one two three four five six seven eight nine", "category": "fruit",
+         "stars": "5"}])
+    output = tmp_path / "report"
+    code = cli.main(["evaluate", "--synthetic", str(tmp_path / "synthetic-*.jsonl"),
+                     "--real", str(real), "--private", str(private),
+                     "--label_column", "category", "--label_column", "stars",
+                     "--encoder", "tiny-bert", "--encoder_sequence_length", "32",
+                     "--output", str(output)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    saved = json.loads((output / "evaluation.json").read_text())
+    assert saved["inputs"]["real"]["records"] == 40 and saved["inputs"]["real"]["rejected"] == 1
+    assert saved["inputs"]["real"]["rejected_reasons"] == {"empty text": 1}
+    assert saved["inputs"]["synthetic"]["records"] == 20
+    assert saved["downstream"]["category"]["trained_on_synthetic"]["accuracy"] > 0.8
+    assert saved["downstream"]["stars"]["trained_on_synthetic"]["accuracy"] is None
+    assert saved["memorisation"]["longest_shared_ngram"] == {"length": 0}
+    assert saved["settings"]["encoder"] == "tiny-bert"
+    page = (output / "evaluation.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in page
+    assert "MAUVE" in captured.out and "evaluation.html" in captured.out
+    assert "embedding synthetic texts: 20/20" in captured.err
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing", "does not exist"),
+    ("empty", "has no usable records"),
+    ("column", "has no column 'rating'"),
+    ("text_column", "has no column 'body'"),
+    ("output", "cannot create the report directory"),
+])
+def test_command_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, problem, expected):
+    real, synthetic = _command_inputs(tmp_path)
+    args = ["evaluate", "--synthetic", str(synthetic), "--real", str(real),
+            "--encoder", "tiny-bert", "--output", str(tmp_path / "out")]
+    if problem == "missing":
+        args[2] = str(tmp_path / "nowhere.jsonl")
+    elif problem == "empty":
+        (tmp_path / "empty.csv").write_text("text,category\n", encoding="utf-8")
+        args[4] = str(tmp_path / "empty.csv")
+    elif problem == "column":
+        args += ["--label_column", "rating"]
+    elif problem == "text_column":
+        args += ["--text_column", "body"]
+    else:
+        (tmp_path / "a_file").write_text("", encoding="utf-8")
+        args += ["--output", str(tmp_path / "a_file" / "report")]
+    code = cli.main(args)
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in error
+    last = error.splitlines()[-1]
+    assert [line for line in error.splitlines() if line.startswith("dpsynth:")] == [last]
+    assert last.startswith("dpsynth: error: ") and expected in last
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- real encoder
+
+@pytest.mark.slow
+def test_evaluate_with_the_real_encoder_on_yelp_reviews(real_encoder, tmp_path):
+    with open(YELP_CSV, newline="", encoding="utf-8") as handle:
+        rows = list(itertools.islice(csv.DictReader(handle), 180))
+    real = [{"text": r["text"], "category": r["label1"], "stars": r["label2"]} for r in rows[:60]]
+    synthetic = [{"text": r["text"], "label": r["label2"]} for r in rows[60:120]]
+    private = [{"text": r["text"], "category": r["label1"], "stars": r["label2"]}
+               for r in rows[60:180]]          # holds every "synthetic" text verbatim
+    result = evaluate(synthetic, real, label_columns=["category", "stars"], encoder=real_encoder,
+                      synthetic_label_column="stars", private_records=private, seed=0)
+    repeated = evaluate([{"text": "Great food, great service. Five stars!", "label": "5"}] * 30
+                        + [{"text": "Terrible. Never again.", "label": "1"}] * 30, real,
+                        label_columns=["stars"], encoder=real_encoder)
+
+    # Reviews against reviews from the same source: close; one repeated sentence: far.
+    assert 0.5 < result["mauve"]["score"] <= 1.0
+    assert repeated["mauve"]["score"] < 0.5 * result["mauve"]["score"]
+    assert result["mauve"]["real_vs_real"]["sample_size"] == 30    # half of the 60 real
+    assert 0.5 < result["mauve"]["real_vs_real"]["score"] <= 1.0
+    assert result["mauve"]["sample_size"] == 60 and result["mauve"]["num_buckets"] == 6
+    stars = result["downstream"]["stars"]
+    for side in ("trained_on_synthetic", "trained_on_real"):
+        assert 0.0 <= stars[side]["accuracy"] <= 1.0
+        assert stars[side]["train_size"] == 60 and stars[side]["test_size"] == 60
+    assert result["downstream"]["category"]["trained_on_synthetic"]["accuracy"] is None
+    assert result["downstream"]["category"]["trained_on_real"]["accuracy"] is not None
+    copying = result["memorisation"]
+    assert copying["copied_fraction"] == 1.0
+    assert copying["longest_shared_ngram"]["length"] == max(
+        len(memorisation.words(r["text"])) for r in synthetic)
+    lengths = result["lengths"]["real"]["words"]
+    assert 20 < lengths["mean"] < 400 and lengths["count"] == 60
+    paths = write_report(result, str(tmp_path), synthetic_texts=[r["text"] for r in synthetic],
+                         real_texts=[r["text"] for r in real])
+    assert "data:image/png;base64," in open(paths["html"], encoding="utf-8").read()

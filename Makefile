@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.dpsynth-installed
 
-.PHONY: demo test test-fast test-gemma models install benchmark clean-venv
+.PHONY: demo test test-fast test-gemma models install benchmark compare clean-venv
 
 demo: models
 	$(BIN)/dpsynth demo
@@ -38,6 +38,10 @@ $(INSTALLED): requirements.txt requirements.in setup.py
 
 benchmark: models
 	$(BIN)/python benchmarks/lm_step.py
+	$(BIN)/python benchmarks/throughput.py
+
+compare: models
+	$(BIN)/python benchmarks/compare_methods.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -27,8 +27,8 @@ class DpSynthOptions(PipelineOptions):
                                            "replaced by --run_date. Files appear there only "
                                            "when the job succeeds")
         data.add_argument("--run_date", default=None,
-                          help="the date (YYYY-MM-DD) put in place of {date} in --input and "
-                               "--output; default: today in UTC")
+                          help="the date put in place of {date} in --input and --output: "
+                               "YYYY-MM-DD, today or yesterday (in UTC); default: today")
         data.add_argument("--text_column", default="text", help="column holding the text")
         data.add_argument("--label_column", default=None,
                           help="optional label column: clustering and batching run per label, "

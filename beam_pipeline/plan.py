@@ -167,12 +167,16 @@ def check_budget(plan: RunPlan) -> float:
 
 
 def _run_date(text: str | None) -> str:
-    if not text:
-        return dt.datetime.now(dt.timezone.utc).date().isoformat()
+    today = dt.datetime.now(dt.timezone.utc).date()
+    if not text or text == "today":
+        return today.isoformat()
+    if text == "yesterday":
+        return (today - dt.timedelta(days=1)).isoformat()
     try:
         return dt.date.fromisoformat(text).isoformat()
     except ValueError:
-        raise PlanError(f"--run_date must be a date like 2026-01-31, got {text!r}") from None
+        raise PlanError(f"--run_date must be a date like 2026-01-31, today or yesterday, "
+                        f"got {text!r}") from None
 
 
 def _check_budget_options(o) -> None:

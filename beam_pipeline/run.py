@@ -92,7 +92,8 @@ def reserve_budget(plan, epsilon: float):
         raise PlanError(str(error)) from None
 
 
-def run(argv, *, say=print) -> dict:
+def run(argv, *, say=print, wait: bool = True) -> dict:
+    """Runs the job; with wait=False (a flex template launch) only submits it."""
     options = pipeline_options(argv)
     plan = make_plan(options)
     epsilon = check_budget(plan)
@@ -112,6 +113,9 @@ def run(argv, *, say=print) -> dict:
         pipeline = beam.Pipeline(options=options)
         build_pipeline(pipeline, plan)
         result = pipeline.run()
+        if not wait:
+            say(f"dpsynth: job submitted; outputs will appear in {plan.output} when it succeeds")
+            return {"submitted": True, "run_id": plan.run_id, "output": plan.output}
         result.wait_until_finish()
     except BaseException:
         _mark(plan, "failed")

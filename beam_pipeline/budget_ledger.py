@@ -280,6 +280,13 @@ class LocalLedgerStore:
             return _parse(handle.read(), self.path), None
 
     def update(self, change: Callable[[dict], dict]) -> dict:
+        try:
+            return self._update(change)
+        except PermissionError as error:
+            raise BudgetLedgerError(f"cannot write --budget_ledger {self.path}: "
+                                    f"{error.strerror}") from None
+
+    def _update(self, change: Callable[[dict], dict]) -> dict:
         with open(self.lock_path, "a+") as lock:
             self._lock(lock)
             try:
@@ -346,6 +353,9 @@ class GcsLedgerStore:
                 raise BudgetLedgerError(f"the bucket gs://{self.bucket_name} of "
                                         f"--budget_ledger does not exist") from None
             return _empty(), 0
+        except exceptions.GoogleAPICallError as error:
+            raise BudgetLedgerError(f"cannot read --budget_ledger {self.path}: "
+                                    f"{storage.first_line(error)}") from None
         return _parse(data.decode("utf-8"), self.path), int(blob.generation)
 
     def update(self, change: Callable[[dict], dict]) -> dict:
@@ -361,6 +371,9 @@ class GcsLedgerStore:
             except exceptions.PreconditionFailed:
                 # Another run changed the ledger since we read it: read and check again.
                 time.sleep(random.uniform(0.05, 0.2) * min(attempt + 1, 10))
+            except exceptions.GoogleAPICallError as error:
+                raise BudgetLedgerError(f"cannot write --budget_ledger {self.path}: "
+                                        f"{storage.first_line(error)}") from None
         raise BudgetLedgerError(f"the budget ledger {self.path} kept changing under this run "
                                 f"({GCS_ATTEMPTS} attempts); try again")
 

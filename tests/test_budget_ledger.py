@@ -233,3 +233,9 @@ def test_date_placeholder_in_input_and_output(tmp_path):
                   "--clustering", "uniform", "--run_date", "2026-11-20"), say=lambda _: None)
     assert (tmp_path / "out" / "2026-11-20" / "privacy_report.json").exists()
     assert not list((tmp_path / "out" / "2026-11-20").glob(".staging-*"))
+
+
+def test_ledger_in_a_missing_folder_is_one_line(tmp_path):
+    with pytest.raises(bl.BudgetLedgerError, match="folder of --budget_ledger .* does not exist"):
+        bl.reserve(str(tmp_path / "nope" / "ledger.json"), domain="d", lifetime_epsilon=10,
+                   cost=gaussian_cost(3.0))

@@ -41,10 +41,14 @@ def split_gcs(path: str) -> tuple[str, str]:
 @functools.lru_cache(maxsize=1)
 def gcs_client():
     """One client per process: application-default credentials, or anonymous
-    on an emulator (STORAGE_EMULATOR_HOST)."""
+    on an emulator (STORAGE_EMULATOR_HOST) or, like Beam, when there are none."""
+    from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
 
-    return storage.Client()
+    try:
+        return storage.Client()
+    except DefaultCredentialsError:
+        return storage.Client.create_anonymous_client()
 
 
 def check_bucket(path: str, option: str) -> None:
@@ -56,7 +60,7 @@ def check_bucket(path: str, option: str) -> None:
         exists = gcs_client().lookup_bucket(bucket) is not None
     except Exception as error:  # noqa: BLE001 - permissions, network: all one line
         raise StorageError(f"cannot reach the bucket of {option} {path}: "
-                           f"{_first_line(error)}") from None
+                           f"{first_line(error)}") from None
     if not exists:
         raise StorageError(f"the bucket gs://{bucket} of {option} {path} does not exist")
 
@@ -114,6 +118,6 @@ def join(directory: str, name: str) -> str:
     return directory.rstrip("/") + "/" + name
 
 
-def _first_line(error) -> str:
+def first_line(error) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__

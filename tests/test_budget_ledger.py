@@ -239,3 +239,35 @@ def test_ledger_in_a_missing_folder_is_one_line(tmp_path):
     with pytest.raises(bl.BudgetLedgerError, match="folder of --budget_ledger .* does not exist"):
         bl.reserve(str(tmp_path / "nope" / "ledger.json"), domain="d", lifetime_epsilon=10,
                    cost=gaussian_cost(3.0))
+
+
+def test_two_racing_dpsynth_runs_exactly_one_runs(tmp_path, reviews):
+    """Two `dpsynth run` processes started together over one domain whose lifetime budget
+    fits one run: one writes its outputs, the other exits 2 with one line and writes none."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ledger = tmp_path / "ledger.json"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "beam_pipeline.cli", "run",
+         *tiny_args(reviews, tmp_path / name, *ledger_args(ledger, 1.5))],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("a", "b")]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    for process in processes:
+        process.stdout.close()
+        process.stderr.close()
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser_err = next(err for code, err in results if code == 2).strip().splitlines()
+    assert loser_err == [loser_err[-1]], loser_err
+    assert loser_err[-1].startswith("dpsynth: error: privacy budget of domain 'customers-eu'")
+    finished = [name for name in ("a", "b")
+                if (tmp_path / name / "synthetic-00000-of-00001.jsonl").exists()]
+    assert len(finished) == 1
+    runs = json.loads(ledger.read_text())["domains"]["customers-eu"]["runs"]
+    assert [r["status"] for r in runs] == ["completed"]

@@ -44,7 +44,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
         staging, "synthetic", lambda r: r.to_output())
     written_rejected = read[REJECTED_TAG] | "WriteRejected" >> WriteJsonLines(
         staging, "rejected", lambda r: {"source": r.source, "reason": r.reason,
-                                            "raw_excerpt": r.raw_excerpt})
+                                         "raw_excerpt": r.raw_excerpt})
     counts = [
         _count(read["records"], "records_accepted"),
         _count(read[REJECTED_TAG], "records_rejected"),

@@ -204,3 +204,28 @@ def test_recurring_runs_with_a_gcs_ledger(sharded_input, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "exhausted" in err and len(err.splitlines()) == 1
     assert object_names(bucket, "day2/") == []
+
+
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_publish_moves_everything_and_can_be_repeated(where, tmp_path, request):
+    """A retried publish step, after a partial move, completes the move."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.write import publish, staging_dir, write_text_file
+
+    if where == "gs":
+        bucket = request.getfixturevalue("gcs_bucket")
+        output = f"gs://{bucket}/out"
+    else:
+        output = str(tmp_path / "out")
+    staging = staging_dir(output, "run1")
+    for name in ("a.jsonl", "b.json", "c.md"):
+        write_text_file(storage.join(staging, name), name)
+    storage.move(storage.join(staging, "a.jsonl"), storage.join(output, "a.jsonl"))  # partial
+    assert publish(staging, output) == [storage.join(output, n) for n in ("b.json", "c.md")]
+    assert publish(staging, output) == []
+    assert storage.list_files(output) == [storage.join(output, n)
+                                          for n in ("a.jsonl", "b.json", "c.md")]
+    assert storage.list_files(staging) == []
+    with FileSystems.open(storage.join(output, "c.md")) as handle:
+        assert handle.read() == b"c.md"

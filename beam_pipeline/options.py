@@ -19,10 +19,16 @@ class DpSynthOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         data = parser.add_argument_group("data")
         data.add_argument("--input", help="input file or glob, local or gs:// (JSONL, CSV, "
-                                          "Parquet or plain text, by extension)")
+                                          "Parquet or plain text, by extension); {date} "
+                                          "is replaced by --run_date")
         data.add_argument("--input_format", default=None,
                           help="jsonl, csv, parquet or text; default: from the file extension")
-        data.add_argument("--output", help="output directory, local or gs://")
+        data.add_argument("--output", help="output directory, local or gs://; {date} is "
+                                           "replaced by --run_date. Files appear there only "
+                                           "when the job succeeds")
+        data.add_argument("--run_date", default=None,
+                          help="the date put in place of {date} in --input and --output: "
+                               "YYYY-MM-DD, today or yesterday (in UTC); default: today")
         data.add_argument("--text_column", default="text", help="column holding the text")
         data.add_argument("--label_column", default=None,
                           help="optional label column: clustering and batching run per label, "
@@ -116,6 +122,17 @@ class DpSynthOptions(PipelineOptions):
         privacy.add_argument("--delta", type=float, default=1e-6, help="delta of (epsilon, delta)")
         privacy.add_argument("--target_epsilon", type=float, default=None,
                              help="refuse to run if the formal epsilon would exceed this")
+        privacy.add_argument("--budget_ledger", default=None,
+                             help="JSON file (local or gs://) recording the formal cost of every "
+                                  "run per --privacy_unit_domain; a run that would pass "
+                                  "--lifetime_epsilon is refused before it starts")
+        privacy.add_argument("--lifetime_epsilon", type=float, default=None,
+                             help="lifetime epsilon of the privacy-unit domain, all recorded "
+                                  "runs composed (needs --budget_ledger)")
+        privacy.add_argument("--privacy_unit_domain", default=None,
+                             help="name of the set of people (or units) the input covers, e.g. "
+                                  "customers-eu; runs over the same domain share its lifetime "
+                                  "budget (needs --budget_ledger)")
         privacy.add_argument("--run_secret", default=None,
                              help="key of all noise, sampling and hashing (hex); default: fresh "
                                   "from the OS. Set it only for reproducible tests: whoever "

@@ -12,7 +12,7 @@ from transforms.generate import GenerateSynthetic
 from transforms.public_corpus import GeneratePublicCorpus, PublicCentres
 from transforms.read import REJECTED_TAG, SKIPPED_TAG, ReadRecords
 from transforms.report import WriteReports
-from transforms.write import WriteJsonLines
+from transforms.write import PublishOutputs, WriteJsonLines, staging_dir
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
@@ -38,11 +38,13 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
         stop_text=plan.stop_text, planned_batch_ids=planned_batch_ids,
         batches_per_call=plan.batches_per_call)
 
-    synthetic | "WriteSynthetic" >> WriteJsonLines(plan.output, "synthetic",
-                                                   lambda r: r.to_output())
-    read[REJECTED_TAG] | "WriteRejected" >> WriteJsonLines(
-        plan.output, "rejected", lambda r: {"source": r.source, "reason": r.reason,
-                                            "raw_excerpt": r.raw_excerpt})
+    # Everything is written to a staging folder and published by the last step.
+    staging = staging_dir(plan.output, plan.run_id)
+    written_synthetic = synthetic | "WriteSynthetic" >> WriteJsonLines(
+        staging, "synthetic", lambda r: r.to_output())
+    written_rejected = read[REJECTED_TAG] | "WriteRejected" >> WriteJsonLines(
+        staging, "rejected", lambda r: {"source": r.source, "reason": r.reason,
+                                         "raw_excerpt": r.raw_excerpt})
     counts = [
         _count(read["records"], "records_accepted"),
         _count(read[REJECTED_TAG], "records_rejected"),
@@ -55,10 +57,13 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
         _count(synthetic, "synthetic_records"),
         _count_rejections_by_reason(read[REJECTED_TAG]),
     ]
-    {"synthetic": synthetic, "release": release,
-     "counts": counts | "AllCounts" >> beam.Flatten()} | "WriteReports" >> WriteReports(
-        plan.output, lambda: plan_ledger(plan), generation_stage=GENERATION_STAGE,
-        parameters=report_parameters(plan))
+    report_inputs = {"synthetic": synthetic, "release": release,
+                     "counts": counts | "AllCounts" >> beam.Flatten()}
+    written_reports = report_inputs | "WriteReports" >> WriteReports(
+        staging, lambda: plan_ledger(plan), generation_stage=GENERATION_STAGE,
+        parameters=report_parameters(plan), lifetime_budget=plan.lifetime_budget)
+    ((written_synthetic, written_rejected, written_reports)
+     | "PublishOutputs" >> PublishOutputs(staging, plan.output))
 
 
 def _public_centres(plan: RunPlan) -> PublicCentres:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import uuid
 from pathlib import Path
 
+from beam_pipeline import budget_ledger
 from beam_pipeline import options as opts
 from transforms.accounting import PrivacyLedger
 from transforms import median_ptr
@@ -43,6 +46,12 @@ class RunPlan:
     target_epsilon: float | None
     secret: str = dataclasses.field(repr=False)
     secret_is_fixed: bool = False
+    run_id: str = ""
+    budget_ledger: str | None = None
+    lifetime_epsilon: float | None = None
+    privacy_unit_domain: str | None = None
+    # Filled in by run.py once the budget ledger has reserved this run's cost.
+    lifetime_budget: dict | None = None
 
     @property
     def privacy_unit(self) -> str:
@@ -57,6 +66,7 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         raise PlanError("--input is required: a file or glob of records")
     if not o.output:
         raise PlanError("--output is required: a directory for the results")
+    run_date = _run_date(o.run_date)
     if o.input_format and o.input_format not in FORMATS:
         raise PlanError(f"--input_format must be one of {', '.join(FORMATS)}")
     _require(o.batch_size >= 2, f"--batch_size must be at least 2, got {o.batch_size}")
@@ -82,6 +92,7 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     _require(o.public_centers >= 1 and o.kept_centers >= 1,
              "--public_centers and --kept_centers must be >= 1")
     _require(o.public_corpus_size >= 1, "--public_corpus_size must be >= 1")
+    _check_budget_options(o)
     labelled = bool(o.label_column)
     template = o.prompt_template or (opts.DEFAULT_TEMPLATE if labelled
                                      else opts.DEFAULT_UNLABELLED_TEMPLATE)
@@ -113,14 +124,17 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     secret = o.run_secret or new_run_secret()
     stop_text = o.stop_text.replace("\\n", "\n") if o.stop_text else None
     return RunPlan(
-        input=o.input, input_format=o.input_format, output=o.output.rstrip("/"),
+        input=o.input.replace("{date}", run_date), input_format=o.input_format,
+        output=o.output.replace("{date}", run_date).rstrip("/"),
         schema=schema, labels=labels, max_records=o.max_records, clustering=clustering,
         generation=generation, template=template, stop_text=stop_text,
         public_input=o.public_input, public_corpus_size=o.public_corpus_size,
         public_centers=o.public_centers, lm=o.lm, encoder=o.encoder,
         encoder_sequence_length=o.encoder_sequence_length,
         batches_per_call=o.generation_batches_per_call, delta=o.delta,
-        target_epsilon=o.target_epsilon, secret=secret, secret_is_fixed=bool(o.run_secret))
+        target_epsilon=o.target_epsilon, secret=secret, secret_is_fixed=bool(o.run_secret),
+        run_id=uuid.uuid4().hex, budget_ledger=o.budget_ledger,
+        lifetime_epsilon=o.lifetime_epsilon, privacy_unit_domain=o.privacy_unit_domain)
 
 
 def plan_ledger(plan: RunPlan) -> PrivacyLedger:
@@ -165,6 +179,33 @@ def _ptr_settings(o) -> median_ptr.PtrSettings:
     return median_ptr.PtrSettings.for_run(
         bound=bound, svt_epsilon=o.ptr_svt_epsilon, fallback=o.ptr_fallback,
         max_tokens=o.max_new_tokens, delta=o.delta * median_ptr.TEST_DELTA_SHARE)
+
+
+def _run_date(text: str | None) -> str:
+    today = dt.datetime.now(dt.timezone.utc).date()
+    if not text or text == "today":
+        return today.isoformat()
+    if text == "yesterday":
+        return (today - dt.timedelta(days=1)).isoformat()
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise PlanError(f"--run_date must be a date like 2026-01-31, today or yesterday, "
+                        f"got {text!r}") from None
+
+
+def _check_budget_options(o) -> None:
+    given = [o.budget_ledger, o.lifetime_epsilon, o.privacy_unit_domain]
+    if any(v is not None for v in given) and not all(v is not None for v in given):
+        raise PlanError("--budget_ledger, --lifetime_epsilon and --privacy_unit_domain go "
+                        "together: a ledger needs the domain it counts and its lifetime budget")
+    if o.budget_ledger is None:
+        return
+    _require(o.lifetime_epsilon > 0, "--lifetime_epsilon must be > 0")
+    try:
+        budget_ledger.check_domain(o.privacy_unit_domain)
+    except budget_ledger.BudgetLedgerError as error:
+        raise PlanError(str(error)) from None
 
 
 def _label_values(spec: str) -> tuple:

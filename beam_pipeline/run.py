@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
 
 import apache_beam as beam
+import dp_accounting
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
 
+from beam_pipeline import budget_ledger
 from beam_pipeline.options import DpSynthOptions
-from beam_pipeline.pipeline import build_pipeline
-from beam_pipeline.plan import PlanError, check_budget, make_plan
+from beam_pipeline.pipeline import build_pipeline, report_parameters
+from beam_pipeline.plan import PlanError, check_budget, make_plan, plan_ledger
 from offline_models import registry
 from offline_models.loading import TINY_ENCODER, TINY_LM
 from transforms.records import format_of
+from transforms import storage
 
 # The embedded runner: Beam's DirectRunner may first try the Prism runner,
 # which downloads a binary; FnApiRunner runs in this process (or, with
@@ -48,6 +52,15 @@ def silence_element_logging() -> None:
 
 def preflight(plan) -> None:
     """User mistakes that would otherwise surface as tracebacks deep in a job."""
+    try:
+        storage.check_bucket(plan.input, "--input")
+        storage.check_bucket(plan.output, "--output")
+        if plan.public_input:
+            storage.check_bucket(plan.public_input, "--public_input")
+        if plan.budget_ledger:
+            storage.check_bucket(plan.budget_ledger, "--budget_ledger")
+    except storage.StorageError as error:
+        raise PlanError(str(error)) from None
     inputs = _require_match("--input", plan.input)
     if not plan.input_format:
         for path in inputs:
@@ -67,7 +80,7 @@ def preflight(plan) -> None:
             os.makedirs(plan.output, exist_ok=True)
         with FileSystems.create(probe) as handle:
             handle.write(b"ok")
-        FileSystems.delete([probe])
+        storage.delete(probe)
     except Exception as error:  # noqa: BLE001
         raise PlanError(f"cannot write to --output {plan.output} ({_first_line(error)}): "
                         "choose a directory you can write to") from None
@@ -83,7 +96,28 @@ def _require_match(option: str, pattern: str) -> list[str]:
     return [metadata.path for metadata in matched]
 
 
-def run(argv, *, say=print) -> dict:
+def reserve_budget(plan, epsilon: float):
+    """Records this run's cost in the budget ledger before the job starts (None without one).
+
+    Reserving first means a job that fails after touching the data still counts."""
+    if not plan.budget_ledger:
+        return None
+    ledger = plan_ledger(plan)
+    cost = budget_ledger.RunCost(
+        event=dp_accounting.ComposedDpEvent([e.event for e in ledger.entries]),
+        epsilon=epsilon, delta=plan.delta, mechanism_delta=ledger.mechanism_delta,
+        description={"input": plan.input, "output": plan.output,
+                     "parameters": report_parameters(plan)})
+    try:
+        return budget_ledger.reserve(plan.budget_ledger, domain=plan.privacy_unit_domain,
+                                     lifetime_epsilon=plan.lifetime_epsilon, cost=cost,
+                                     run_id=plan.run_id)
+    except budget_ledger.BudgetLedgerError as error:
+        raise PlanError(str(error)) from None
+
+
+def run(argv, *, say=print, wait: bool = True) -> dict:
+    """Runs the job; with wait=False (a flex template launch) only submits it."""
     silence_element_logging()
     options = pipeline_options(argv)
     plan = make_plan(options)
@@ -93,11 +127,25 @@ def run(argv, *, say=print) -> dict:
     mode = options.view_as(DirectOptions).direct_running_mode
     say(f"dpsynth: {plan.clustering.mode} + {plan.generation.aggregator}, s={plan.generation.expected_batch_size}, "
         f"formal epsilon {epsilon:.4g} at delta {plan.delta:g}; runner {runner} ({mode})")
+    reservation = reserve_budget(plan, epsilon)
+    if reservation:
+        plan = dataclasses.replace(plan, lifetime_budget=reservation.to_report())
+        say(f"dpsynth: domain {reservation.domain}: epsilon {reservation.cumulative_epsilon:.4g} "
+            f"of the lifetime {reservation.lifetime_epsilon:g} spent with this run "
+            f"({reservation.runs_before} earlier run(s)); reserved in {plan.budget_ledger}")
     started = time.time()
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, plan)
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, plan)
+        result = pipeline.run()
+        if not wait:
+            say(f"dpsynth: job submitted; outputs will appear in {plan.output} when it succeeds")
+            return {"submitted": True, "run_id": plan.run_id, "output": plan.output}
+        result.wait_until_finish()
+    except BaseException:
+        _mark(plan, "failed")
+        raise
+    _mark(plan, "completed")
     elapsed = time.time() - started
     summary_path = FileSystems.join(plan.output, "run_summary.json")
     with FileSystems.open(summary_path) as handle:
@@ -108,6 +156,17 @@ def run(argv, *, say=print) -> dict:
     for note in summary.get("notes", []):
         say(f"dpsynth: note: {note}")
     return summary
+
+
+def _mark(plan, status: str) -> None:
+    """Notes how a reserved run ended; its spend stays in the ledger either way."""
+    if not plan.lifetime_budget:
+        return
+    try:
+        budget_ledger.set_status(plan.budget_ledger, plan.privacy_unit_domain, plan.run_id, status)
+    except Exception as error:  # noqa: BLE001 - the job's own outcome matters more
+        logging.warning("could not mark run %s %s in %s: %s", plan.run_id, status,
+                        plan.budget_ledger, _first_line(error))
 
 
 def _first_line(error) -> str:

@@ -198,7 +198,7 @@ def test_ledger_matches_a_hand_computation(fallback):
     assert ledger.mechanism_delta <= delta / 2
     rho_tokens = max(bound ** 2, (clip / s) ** 2 if fallback == "mean" else 0) / (2 * tau ** 2)
     # The test is svt_epsilon-DP: binary randomized response with p = 2/(1 + e^eps).
-    orders = np.array(accounting._accountant()._orders)
+    orders = np.array(accounting.rdp_accountant()._orders)
     p1 = math.exp(svt_epsilon) / (1 + math.exp(svt_epsilon))
     log_p, log_q = math.log(p1), math.log(1 - p1)
     test_rdp = np.logaddexp(orders * log_p + (1 - orders) * log_q,

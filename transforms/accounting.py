@@ -60,7 +60,7 @@ def pure_dp_event(epsilon: float) -> dp_accounting.DpEvent:
         noise_parameter=2.0 / (1.0 + math.exp(epsilon)), num_buckets=2)
 
 
-def _accountant() -> dp_accounting.rdp.RdpAccountant:
+def rdp_accountant() -> dp_accounting.rdp.RdpAccountant:
     # Adjacency is add-or-remove-one. The Gaussian and zCDP curves the ledger uses
     # do not depend on the accountant's relation; REPLACE_ONE only selects, for
     # `pure_dp_event`, the curve between binary randomized response's two output
@@ -70,7 +70,7 @@ def _accountant() -> dp_accounting.rdp.RdpAccountant:
 
 
 def _epsilon(events: Iterable[dp_accounting.DpEvent], delta: float) -> float:
-    accountant = _accountant()
+    accountant = rdp_accountant()
     for event in events:
         accountant.compose(event)
     return float(accountant.get_epsilon(delta))
@@ -505,7 +505,7 @@ def calibrate_mean_clip(*, target_epsilon: float, delta: float,
             f"The stages that do not depend on the clip already cost epsilon >= "
             f"{target_epsilon:g} at delta = {delta:g}: add noise to them.")
     return float(dp_accounting.calibrate_dp_mechanism(
-        _accountant, events, target_epsilon, delta,
+        rdp_accountant, events, target_epsilon, delta,
         bracket_interval=dp_accounting.LowerEndpointAndGuess(lowest, 1.0), tol=tol))
 
 
@@ -538,5 +538,5 @@ def calibrate_median_ptr_clip(*, target_epsilon: float, delta: float,
             f"The clustering and the stability test alone already cost epsilon >= "
             f"{target_epsilon:g}: add noise to the clustering or lower --ptr_svt_epsilon.")
     return float(dp_accounting.calibrate_dp_mechanism(
-        _accountant, events, target_epsilon, accountant_delta,
+        rdp_accountant, events, target_epsilon, accountant_delta,
         bracket_interval=dp_accounting.LowerEndpointAndGuess(lowest, 1.0), tol=tol))

@@ -16,12 +16,13 @@ NO_BATCH_NOTE = ("No batch was planned: every cluster's noisy count was below --
 
 
 def privacy_report(ledger, synthetic_records, *, generation_stage: str, parameters: dict,
-                   labels_from_data: bool, planned_batches: int | None = None
-                   ) -> tuple[dict, str]:
+                   labels_from_data: bool, planned_batches: int | None = None,
+                   lifetime_budget: dict | None = None) -> tuple[dict, str]:
     """(JSON-able report, markdown). Feeds each batch's realised costs into the ledger.
 
     Notes use DP releases and public parameters only (the planned batch count
-    comes from noisy counts), never exact counts of the data.
+    comes from noisy counts), never exact counts of the data. `lifetime_budget`
+    is the budget ledger's reservation for this run, if any.
     """
     for record in synthetic_records:
         ledger.record_batch(generation_stage, record.batch_id, tokens=record.tokens,
@@ -38,6 +39,9 @@ def privacy_report(ledger, synthetic_records, *, generation_stage: str, paramete
                      "guarantee assumes the set of labels is public.")
     report["notes"] = notes
     markdown = ledger.to_markdown()
+    if lifetime_budget:
+        report["lifetime_budget"] = lifetime_budget
+        markdown += lifetime_budget_markdown(lifetime_budget)
     if notes:
         markdown += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
     markdown += "\n## Parameters\n\n" + "".join(
@@ -46,11 +50,24 @@ def privacy_report(ledger, synthetic_records, *, generation_stage: str, paramete
     return report, markdown
 
 
+def lifetime_budget_markdown(budget: dict) -> str:
+    return (
+        f"\n## Lifetime budget of domain {budget['privacy_unit_domain']}\n\n"
+        f"- This run: epsilon {budget['this_run_epsilon']:.4g} at delta {budget['delta']:g}.\n"
+        f"- Cumulative, {budget['earlier_runs']} earlier run(s) and this one: epsilon "
+        f"{budget['cumulative_epsilon']:.4g} of the lifetime {budget['lifetime_epsilon']:g} "
+        f"({budget['remaining_epsilon']:.4g} left; before this run "
+        f"{budget['cumulative_epsilon_before_this_run']:.4g}).\n"
+        f"- How: {budget['composition']}. Ledger: {budget['ledger']}, run {budget['run_id']}.\n")
+
+
 class WriteReports(beam.PTransform):
     """Writes privacy_report.json/.md and run_summary.json once all counts are in."""
 
-    def __init__(self, output_dir: str, make_ledger, *, generation_stage: str, parameters: dict):
+    def __init__(self, output_dir: str, make_ledger, *, generation_stage: str, parameters: dict,
+                 lifetime_budget: dict | None = None):
         super().__init__()
+        self._lifetime_budget = lifetime_budget
         self._output = output_dir
         self._make_ledger = make_ledger
         self._stage = generation_stage
@@ -60,6 +77,7 @@ class WriteReports(beam.PTransform):
         synthetic, counts, release = inputs["synthetic"], inputs["counts"], inputs["release"]
         output, make_ledger, stage, parameters = (self._output, self._make_ledger, self._stage,
                                                   self._parameters)
+        lifetime_budget = self._lifetime_budget
 
         epsilon_gauge = Metrics.gauge("dpsynth", "formal_epsilon_x1000")
 
@@ -68,7 +86,8 @@ class WriteReports(beam.PTransform):
             planned = sum(release_.batch_counts(parameters["batch_size"]).values())
             report, markdown = privacy_report(
                 make_ledger(), records, generation_stage=stage, parameters=parameters,
-                labels_from_data=release_.labels_from_data, planned_batches=planned)
+                labels_from_data=release_.labels_from_data, planned_batches=planned,
+                lifetime_budget=lifetime_budget)
             write_text_file(output_path(output, "privacy_report.json"),
                             json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
             write_text_file(output_path(output, "privacy_report.md"), markdown)
@@ -81,6 +100,8 @@ class WriteReports(beam.PTransform):
             epsilon_gauge.set(int(round(1000 * report["formal_epsilon"])))
             summary["delta"] = report["delta"]
             summary["notes"] = run_notes(summary, parameters["batch_size"])
+            if lifetime_budget:
+                summary["cumulative_epsilon"] = lifetime_budget["cumulative_epsilon"]
             write_text_file(output_path(output, "run_summary.json"),
                             json.dumps(summary, indent=2, sort_keys=True) + "\n")
             yield summary

@@ -1,4 +1,10 @@
-"""Writing the outputs: synthetic records, rejections, privacy report and run summary."""
+"""Writing the outputs: synthetic records, rejections, privacy report and run summary.
+
+Every file is first written to a staging folder inside the output folder;
+`PublishOutputs`, the last step of the job, moves them into the output folder
+once every writer has finished. A job that fails leaves its outputs in the
+staging folder only, so a downstream reader never sees a half-written result.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,17 @@ import json
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import storage
+
+STAGING_PREFIX = ".staging-"
+
 
 def output_path(output_dir: str, name: str) -> str:
     return FileSystems.join(output_dir, name)
+
+
+def staging_dir(output_dir: str, run_id: str) -> str:
+    return storage.join(output_dir, STAGING_PREFIX + run_id)
 
 
 def write_text_file(path: str, text: str) -> None:
@@ -18,20 +32,50 @@ def write_text_file(path: str, text: str) -> None:
 
 
 class WriteJsonLines(beam.PTransform):
-    """Elements as JSON lines in `<output>/<name>-SSSSS-of-NNNNN.jsonl`, sorted within a shard
-    so that the same elements always give the same bytes."""
+    """Elements as JSON lines in `<output>/<name>-00000-of-00001.jsonl`, sorted so that the same
+    elements always give the same bytes. Yields the path written."""
 
     def __init__(self, output_dir: str, name: str, to_json=None):
         super().__init__()
-        self._prefix = output_path(output_dir, name)
+        self._path = output_path(output_dir, f"{name}-00000-of-00001.jsonl")
         self._to_json = to_json or (lambda element: element)
 
     def expand(self, elements):
-        to_json = self._to_json
+        to_json, path = self._to_json, self._path
+
+        def write(lines):
+            write_text_file(path, "".join(line + "\n" for line in sorted(lines)))
+            return path
+
         return (elements
                 | "ToJson" >> beam.Map(lambda e: json.dumps(to_json(e), ensure_ascii=False,
                                                             sort_keys=True))
                 | "Collect" >> beam.combiners.ToList()
-                | "Sort" >> beam.FlatMap(sorted)
-                | "Write" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl",
-                                                 num_shards=1))
+                | "Write" >> beam.Map(write))
+
+
+def publish(staging: str, output_dir: str) -> list[str]:
+    """Moves every file of `staging` into `output_dir`; safe to repeat after a partial move."""
+    published = []
+    for source in storage.list_files(staging):
+        destination = storage.join(output_dir, source.rstrip("/").rsplit("/", 1)[-1])
+        storage.move(source, destination)
+        published.append(destination)
+    storage.delete(staging)
+    return published
+
+
+class PublishOutputs(beam.PTransform):
+    """The job's last step: runs once every PCollection in the input tuple is complete."""
+
+    def __init__(self, staging: str, output_dir: str):
+        super().__init__()
+        self._staging = staging
+        self._output = output_dir
+
+    def expand(self, written):
+        staging, output = self._staging, self._output
+        return (written
+                | "AllWritten" >> beam.Flatten()
+                | "WaitForAll" >> beam.combiners.Count.Globally()
+                | "Publish" >> beam.FlatMap(lambda _: publish(staging, output)))

@@ -328,7 +328,8 @@ def _plot(rows, path: Path) -> None:
         axis.set_xscale("log")
         axis.set_xlabel("formal epsilon")
         axis.set_title(title)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -93,12 +93,20 @@ class PrivateTokenChooser:
         return keyed_generator(self._secret, GENERATION_STAGE, self.batch_id, step, purpose)
 
     def choose(self, step: int, logits: np.ndarray) -> int | None:
+        kept = None
+        if self.config.top_k:
+            # The mask reads the public row only. Tokens outside it have probability 0
+            # whatever the members say, so every rule runs on the kept columns alone
+            # (k of them instead of the whole vocabulary) and the sampled index is
+            # mapped back to its token id.
+            kept = np.flatnonzero(aggregation.top_k_mask(logits[-1], self.config.top_k))
+            logits = logits[:, kept]
+        token = self._choose_among(step, logits)
+        return int(kept[token]) if kept is not None and token is not None else token
+
+    def _choose_among(self, step: int, logits: np.ndarray) -> int | None:
         config = self.config
         members, public = logits[:-1], logits[-1]
-        mask = aggregation.top_k_mask(public, config.top_k) if config.top_k else None
-        if mask is not None:
-            members = aggregation.apply_mask(members, mask)
-            public = aggregation.apply_mask(public, mask)
         if config.public_tokens:
             if self._gate is None:
                 self._gate = aggregation.PublicTokenGate(
@@ -115,19 +123,18 @@ class PrivateTokenChooser:
             return None
         rule = config.aggregator
         if rule == "median_ptr":
-            rule = self._tested_rule(step, members, mask)
+            rule = self._tested_rule(step, members)
             if rule is None:
                 return None
         result = aggregate_rows(combine_fn_for(config, logits.shape[-1], rule=rule), members)
-        aggregate = aggregation.apply_mask(result.aggregate, mask) if mask is not None \
-            else result.aggregate
-        token = aggregation.sample_token(aggregate, config.temperature, self._rng(step, "token"))
+        token = aggregation.sample_token(result.aggregate, config.temperature,
+                                         self._rng(step, "token"))
         self.private_tokens += 1
         self.local_sensitivities.append(float(result.local_sensitivity))
         self.token_rhos.append(self._token_rho(result.local_sensitivity))
         return token
 
-    def _tested_rule(self, step: int, members: np.ndarray, mask) -> str | None:
+    def _tested_rule(self, step: int, members: np.ndarray) -> str | None:
         """median_ptr: "median" while the stability test passes, then the fallback
         ("mean", or None to stop the sequence)."""
         ptr = self.config.ptr
@@ -140,9 +147,7 @@ class PrivateTokenChooser:
                 clipped = aggregation.clip_logits(members, self.config.clip)
             else:
                 clipped = np.zeros((0, members.shape[-1]))
-            # Masked tokens are -c for every member, present or added: they cannot move.
-            columns = clipped[:, mask] if mask is not None else clipped
-            gamma = median_ptr.distance_to_instability(columns, self.config.clip, ptr.bound)
+            gamma = median_ptr.distance_to_instability(clipped, self.config.clip, ptr.bound)
             if self._stability_test.passes(gamma, self._rng(step, "stability")):
                 self.median_tokens += 1
                 return "median"

@@ -47,6 +47,16 @@ METHODS = ("uniform+mean", "public_centers+mean", "public_centers+median",
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.table_from:
+        rows = json.loads(Path(args.table_from).read_text())["rows"]
+        for row in rows:
+            reference = (row.get("evaluation", {}).get("mauve", {}).get("real_vs_real") or {})
+            row.setdefault("mauve_real_vs_real", reference.get("score"))
+            if row["epsilon_formal"] == "inf":
+                row["epsilon_formal"] = math.inf
+        print(_table(rows))
+        _plot(rows, Path(args.table_from).with_suffix(".png"))
+        return 0
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     private_path, real_rows = _split(args, output)
@@ -96,6 +106,8 @@ def _parser():
     parser.add_argument("--encoder", default="minilm-l6")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(REPO / "results"))
+    parser.add_argument("--table_from", default=None,
+                        help="print the table and redraw the plot of an earlier compare.json")
     return parser
 
 
@@ -247,6 +259,7 @@ def _quality(synthetic, real_rows, private_rows, encoder, *, seed) -> dict:
     downstream = result["downstream"]
     return {
         "mauve": result["mauve"].get("score"),
+        "mauve_real_vs_real": (result["mauve"].get("real_vs_real") or {}).get("score"),
         "category_accuracy": downstream[LABEL_COLUMN]["trained_on_synthetic"].get("accuracy"),
         "category_accuracy_real": downstream[LABEL_COLUMN]["trained_on_real"].get("accuracy"),
         "stars_accuracy": downstream[STARS_COLUMN]["trained_on_synthetic"].get("accuracy"),
@@ -260,13 +273,14 @@ def _quality(synthetic, real_rows, private_rows, encoder, *, seed) -> dict:
 
 
 COLUMNS = (("method", 30), ("eps formal", 10), ("eps ex-post", 11), ("MAUVE", 6),
+           ("real/real", 9),
            ("cat acc", 7), ("stars acc", 9), ("synth", 5), ("wall s", 6))
 
 
 def _number(value, digits=3):
     if value is None:
         return "-"
-    if isinstance(value, float) and math.isinf(value):
+    if value == "inf" or (isinstance(value, float) and math.isinf(value)):
         return "inf"
     return f"{value:.{digits}g}"
 
@@ -275,6 +289,7 @@ def _cells(row):
     method = row["method"] + (f" @{row['epsilon_target']:g}" if row["epsilon_target"] else "")
     ex_post = _number(row.get("epsilon_ex_post_max"))
     return (method, _number(row["epsilon_formal"]), ex_post, _number(row.get("mauve")),
+            _number(row.get("mauve_real_vs_real")),
             _number(row.get("category_accuracy")), _number(row.get("stars_accuracy")),
             str(row["synthetic_count"]), f"{row['wall_seconds']:.0f}")
 

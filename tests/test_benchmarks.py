@@ -47,6 +47,10 @@ def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
     assert (out / "compare.png").stat().st_size > 0
     table = capsys.readouterr().out
     assert "eps formal" in table and "public_centers+median_ptr @10" in table
+    # The table can be printed again from the JSON alone.
+    assert compare_methods.main(["--table_from", str(out / "compare.json")]) == 0
+    again = capsys.readouterr().out
+    assert again.splitlines()[0].startswith("method") and len(again.splitlines()) == 2 + 5
 
 
 def test_throughput_prints_the_ratios(tmp_path, capsys):

@@ -338,10 +338,18 @@ def _plot(rows, path: Path) -> None:
                 continue
             points.sort()
             marker = "s" if method.endswith("+median") else "o"
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker,
-                      label=method + (" (formal bound)" if method.endswith("+median") else ""))
+            line, = axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker,
+                              label=method + (" (formal bound)" if method.endswith("+median")
+                                              else ""))
+            ex_post = [(r["epsilon_ex_post_max"], r.get(metric)) for r in rows
+                       if r["method"] == method and r.get("epsilon_ex_post_max")
+                       and r.get(metric) is not None]
+            if ex_post:
+                axis.plot([p[0] for p in ex_post], [p[1] for p in ex_post], marker="s",
+                          linestyle="none", markerfacecolor="none", color=line.get_color(),
+                          label=f"{method} (ex-post max, not formal)")
         axis.set_xscale("log")
-        axis.set_xlabel("formal epsilon")
+        axis.set_xlabel("epsilon (formal; hollow squares: ex-post, not formal)")
         axis.set_title(title)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=7)

@@ -105,6 +105,25 @@ def race_cost() -> bl.RunCost:
     return cost
 
 
+def race_in_threads(path, *, threads=2, lifetime=RACE_LIFETIME, timeout=30.0) -> list:
+    """Reserves race_cost() from several threads at once; "ok" or "refused" per thread."""
+    outcomes = []
+
+    def attempt():
+        try:
+            bl.reserve(path, domain="d", lifetime_epsilon=lifetime, cost=race_cost())
+            outcomes.append("ok")
+        except bl.BudgetExhausted:
+            outcomes.append("refused")
+
+    workers = [threading.Thread(target=attempt) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout)
+    return sorted(outcomes)
+
+
 def _reserve_in_process(path, barrier, results):
     barrier.wait()
     try:
@@ -141,21 +160,7 @@ def test_the_lock_holds_a_racing_thread_until_the_first_has_written(tmp_path, mo
         return state
 
     monkeypatch.setattr(bl.LocalLedgerStore, "read", slow_read)
-    outcomes = []
-
-    def attempt():
-        try:
-            bl.reserve(path, domain="d", lifetime_epsilon=RACE_LIFETIME, cost=race_cost())
-            outcomes.append("ok")
-        except bl.BudgetExhausted:
-            outcomes.append("refused")
-
-    threads = [threading.Thread(target=attempt) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert sorted(outcomes) == ["ok", "refused"]
+    assert race_in_threads(path) == ["ok", "refused"]
     assert len(bl.read_ledger(path)["domains"]["d"]["runs"]) == 1
 
 

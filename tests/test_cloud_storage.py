@@ -9,7 +9,7 @@ from beam_pipeline import budget_ledger as bl
 from beam_pipeline import cli
 from beam_pipeline.run import run
 from tests.pipeline_fixtures import tiny_args, write_reviews_csv
-from tests.test_budget_ledger import RACE_LIFETIME, race_cost
+from tests.test_budget_ledger import RACE_LIFETIME, race_cost, race_in_threads
 from transforms import storage
 
 
@@ -150,21 +150,7 @@ def test_two_racing_runs_on_gcs_exactly_one_reserves(gcs_bucket, monkeypatch):
         return state, generation
 
     monkeypatch.setattr(bl.GcsLedgerStore, "read", read_then_wait)
-    outcomes = []
-
-    def attempt():
-        try:
-            bl.reserve(path, domain="d", lifetime_epsilon=RACE_LIFETIME, cost=race_cost())
-            outcomes.append("ok")
-        except bl.BudgetExhausted:
-            outcomes.append("refused")
-
-    threads = [threading.Thread(target=attempt) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert sorted(outcomes) == ["ok", "refused"]
+    assert race_in_threads(path, timeout=60) == ["ok", "refused"]
     # Both first read "no ledger yet"; the loser read again and saw the winner's write.
     assert generations[:2] == [0, 0] and len(generations) == 3 and generations[2] > 0
     monkeypatch.undo()
@@ -175,18 +161,7 @@ def test_racing_runs_on_gcs_with_room_for_both_both_reserve(gcs_bucket):
     """A precondition failure is retried, not lost: with budget for two, two racing runs
     both end in the ledger."""
     path = f"gs://{gcs_bucket}/budget/ledger.json"
-    outcomes = []
-
-    def attempt():
-        bl.reserve(path, domain="d", lifetime_epsilon=100, cost=race_cost())
-        outcomes.append("ok")
-
-    threads = [threading.Thread(target=attempt) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert outcomes == ["ok"] * 4
+    assert race_in_threads(path, threads=4, lifetime=100, timeout=60) == ["ok"] * 4
     assert len(bl.read_ledger(path)["domains"]["d"]["runs"]) == 4
 
 

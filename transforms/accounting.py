@@ -499,14 +499,19 @@ def calibrate_mean_clip(*, target_epsilon: float, delta: float,
                              expected_batch_size=expected_batch_size)
         return dp_accounting.ComposedDpEvent(fixed + [tokens.event])
 
-    lowest = tol
-    if _epsilon([events(lowest)], delta) >= target_epsilon:
-        raise PrivacyBudgetError(
-            f"The stages that do not depend on the clip already cost epsilon >= "
-            f"{target_epsilon:g} at delta = {delta:g}: add noise to them.")
+    return _largest_clip(events, target_epsilon, delta, tol,
+                         f"The stages that do not depend on the clip already cost epsilon >= "
+                         f"{target_epsilon:g} at delta = {delta:g}: add noise to them.")
+
+
+def _largest_clip(events, target_epsilon: float, delta: float, tol: float,
+                  unreachable: str) -> float:
+    """The largest clip whose composed `events(clip)` meet the target at delta."""
+    if _epsilon([events(tol)], delta) >= target_epsilon:
+        raise PrivacyBudgetError(unreachable)
     return float(dp_accounting.calibrate_dp_mechanism(
         rdp_accountant, events, target_epsilon, delta,
-        bracket_interval=dp_accounting.LowerEndpointAndGuess(lowest, 1.0), tol=tol))
+        bracket_interval=dp_accounting.LowerEndpointAndGuess(tol, 1.0), tol=tol))
 
 
 def calibrate_median_ptr_clip(*, target_epsilon: float, delta: float,
@@ -531,12 +536,7 @@ def calibrate_median_ptr_clip(*, target_epsilon: float, delta: float,
                                      max_private_tokens=max_private_tokens, ptr=ptr)
         return dp_accounting.ComposedDpEvent(fixed + [e.event for e in entries])
 
-    accountant_delta = delta - test_delta
-    lowest = tol
-    if _epsilon([events(lowest)], accountant_delta) >= target_epsilon:
-        raise PrivacyBudgetError(
-            f"The clustering and the stability test alone already cost epsilon >= "
-            f"{target_epsilon:g}: add noise to the clustering or lower --ptr_svt_epsilon.")
-    return float(dp_accounting.calibrate_dp_mechanism(
-        rdp_accountant, events, target_epsilon, accountant_delta,
-        bracket_interval=dp_accounting.LowerEndpointAndGuess(lowest, 1.0), tol=tol))
+    return _largest_clip(events, target_epsilon, delta - test_delta, tol,
+                         f"The clustering and the stability test alone already cost epsilon "
+                         f">= {target_epsilon:g}: add noise to the clustering or lower "
+                         f"--ptr_svt_epsilon.")

@@ -222,11 +222,52 @@ class CausalLanguageModel:
         return state.logits
 
     def _decode_step_eager(self, token_ids, cache_variables, key_mask, start_index):
-        logits, updated = self._cached_forward_eager(
-            token_ids, [v.value() for v in cache_variables], key_mask, start_index)
-        for variable, cache in zip(cache_variables, updated):
-            variable.assign(cache)
-        return logits
+        """One token per row through every Llama block, reading the cache in place.
+
+        The same arithmetic as the decoder layers' own call, written for one
+        query position: the new key and value go into the cache variables at
+        `start_index` (a scatter, not a copy of the cache), and the query heads
+        of each key-value group attend to that group's keys directly. The
+        layers' own call repeats every cached key and value across the query
+        heads of its group and copies the whole cache several times per step.
+        """
+        tf = self._tf
+        x = self.backbone.token_embedding(token_ids)                   # (rows, 1, hidden)
+        rows = tf.shape(token_ids)[0]
+        positions = tf.range(tf.shape(key_mask)[1])
+        visible = tf.logical_and(key_mask > 0, positions[None, :] <= start_index)
+        visible = visible[:, None, None, :]                            # (rows, 1, 1, keys)
+        row_index = tf.range(rows)
+        at = tf.fill([rows], start_index)
+        slots = tf.concat([tf.stack([row_index, tf.zeros_like(row_index), at], axis=1),
+                           tf.stack([row_index, tf.ones_like(row_index), at], axis=1)], axis=0)
+        for layer, cache in zip(self.backbone.transformer_layers, cache_variables):
+            attention = layer._self_attention_layer
+            hidden = layer._self_attention_layernorm(x)
+            query = attention.rotary_embedding_layer(attention._query_dense(hidden),
+                                                     start_index=start_index)
+            key = attention.rotary_embedding_layer(attention._key_dense(hidden),
+                                                   start_index=start_index)
+            value = attention._value_dense(hidden)
+            cache.scatter_nd_update(slots, tf.concat([key[:, 0], value[:, 0]], axis=0))
+            groups = attention.num_key_value_groups
+            heads, head_dim = attention.num_key_value_heads, tf.shape(query)[-1]
+            # Query head h uses key-value head h // groups (keras-hub repeats each
+            # key-value head `groups` times in a row).
+            grouped = tf.reshape(query, (rows, heads, groups, head_dim))
+            keys, values = cache[:, 0], cache[:, 1]                     # (rows, keys, heads, dim)
+            scores = tf.einsum("bkgd,btkd->bkgt", grouped, keys) * attention._inv_norm_factor
+            scores = tf.where(visible, scores, tf.cast(-1e9, scores.dtype))
+            weights = tf.nn.softmax(scores, axis=-1)
+            attended = tf.einsum("bkgt,btkd->bkgd", weights, values)
+            attended = tf.reshape(attended, (rows, 1, heads * groups, head_dim))
+            x = x + attention._output_dense(attended)
+            hidden = layer._feedforward_layernorm(x)
+            gate = layer.activation(layer._feedforward_gate_dense(hidden))
+            x = x + layer._feedforward_output_dense(
+                layer._feedforward_intermediate_dense(hidden) * gate)
+        hidden = self.backbone.layer_norm(x[:, -1, :])
+        return self.backbone.token_embedding(hidden, reverse=True)
 
     def _cached_forward_eager(self, token_ids, caches, key_mask, start_index):
         tf = self._tf

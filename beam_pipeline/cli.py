@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:
         return _guarded(lambda: _run_job(argv[1:]))
+    if argv[:1] == ["audit"]:
+        return _guarded(lambda: _audit(argv[1:]))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -49,6 +51,12 @@ def _parser():
         "run", add_help=False,
         help="run the DP synthetic-data job (dpsynth run --help lists every option)")
     run.set_defaults(run=_run)
+
+    audit = commands.add_parser(
+        "audit", add_help=False,
+        help="insert canaries, run the job, and attack its output: canary exposure, "
+             "membership-inference AUC, empirical epsilon (dpsynth audit --help)")
+    audit.set_defaults(run=_run)
 
     demo = commands.add_parser(
         "demo", help="run the whole job on a sample of the bundled Yelp reviews (real models)")
@@ -155,14 +163,67 @@ def _run_job(argv):
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):
-        raise UsageError(f"{message} (dpsynth run --help lists the options)")
+        raise UsageError(f"{message} ({self.prog} --help lists the options)")
 
 
-def _check_option_values(argv, options_class):
+def _check_option_values(argv, options_class, prog="dpsynth run"):
     """A malformed value of dpsynth's own options is one line, not Beam's whole usage text."""
-    parser = _OneLineParser(prog="dpsynth run", add_help=False)
+    parser = _OneLineParser(prog=prog, add_help=False)
     options_class._add_argparse_args(parser)
     parser.parse_known_args(argv)
+
+
+def _add_audit_options(parser):
+    audit = parser.add_argument_group("audit")
+    audit.add_argument("--canaries", type=_positive_int, default=8,
+                       help="random 12-word phrases inserted as records, and as many control "
+                            "phrases drawn the same way and never inserted")
+    audit.add_argument("--canary_repeats", type=_positive_int, default=1,
+                       help="copies of each canary record. The guarantee is per record (or "
+                            "privacy unit): a canary repeated k times has a k-record group "
+                            "guarantee, so repeats are a stress test, not a contradiction")
+    audit.add_argument("--holdout_fraction", type=float, default=0.5,
+                       help="share of the usable records (whole privacy units) held out of the "
+                            "job: the attack's non-members")
+    audit.add_argument("--seed", type=int, default=0,
+                       help="seed of the split, the canaries and the attack's samples")
+    audit.add_argument("--report", default=None,
+                       help="directory of audit.json and audit.md (default: OUTPUT/audit)")
+    audit.add_argument("--work_dir", default=None,
+                       help="where the job's input (kept records and canaries, JSONL) is "
+                            "written (default: a temporary directory, removed afterwards)")
+
+
+def _audit(argv):
+    from beam_pipeline.options import DpSynthOptions
+
+    if "--help" in argv or "-h" in argv or not argv:
+        parser = argparse.ArgumentParser(
+            prog="dpsynth audit", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            description="Insert canary records into a copy of the input, hold out part of it, "
+                        "run the job once with the given `dpsynth run` options, and attack "
+                        "the synthetic output: canary exposure, a membership-inference AUC "
+                        "and the empirical epsilon lower bound next to the claimed epsilon.")
+        _add_audit_options(parser)
+        DpSynthOptions._add_argparse_args(parser)
+        parser.print_help()
+        return 0 if argv else EXIT_USAGE
+    parser = _OneLineParser(prog="dpsynth audit", add_help=False, allow_abbrev=False)
+    _add_audit_options(parser)
+    args, run_argv = parser.parse_known_args(argv)
+    _check_option_values(run_argv, DpSynthOptions, prog="dpsynth audit")
+    from beam_pipeline.audit import AuditError, AuditSettings, run_audit
+    from beam_pipeline.run import configure_logging
+
+    settings = AuditSettings(canaries=args.canaries, canary_repeats=args.canary_repeats,
+                             holdout_fraction=args.holdout_fraction, seed=args.seed,
+                             report=args.report, work_dir=args.work_dir)
+    configure_logging()
+    try:
+        run_audit(run_argv, settings)
+    except AuditError as error:
+        raise UsageError(str(error)) from None
+    return 0
 
 
 def _guarded(action):

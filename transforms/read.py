@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
@@ -123,6 +125,16 @@ class DropDuplicateIds(beam.PTransform):
 
 
 class _KeepFirst(beam.PTransform):
+    """The first `limit` records in (file, row) order, and the sources of the others.
+
+    No worker ever holds the records: a combiner keeps the `limit` smallest
+    order keys (fixed-size tuples, at most `limit` per bundle), and the last
+    of them, a singleton side input, splits the records where they are.
+    Rows of same-named files in different folders tie on (file, row); a hash
+    of their content breaks the tie, so exactly `limit` records are kept
+    unless two such rows are identical.
+    """
+
     def __init__(self, limit: int):
         super().__init__()
         self._limit = limit
@@ -130,14 +142,22 @@ class _KeepFirst(beam.PTransform):
     def expand(self, records):
         limit = self._limit
 
-        def split(all_records):
-            ordered = sorted(all_records, key=_source_order)
-            for index, record in enumerate(ordered):
-                if index < limit:
-                    yield record
-                else:
-                    yield beam.pvalue.TaggedOutput(SKIPPED_TAG, record.source)
+        def split(record, last_kept):
+            if last_kept is None or _keep_order(record) <= last_kept:
+                yield record
+            else:
+                yield beam.pvalue.TaggedOutput(SKIPPED_TAG, record.source)
 
-        return (records
-                | "Collect" >> beam.combiners.ToList()
-                | "Split" >> beam.FlatMap(split).with_outputs(SKIPPED_TAG, main="records"))
+        last_kept = (records
+                     | "OrderKeys" >> beam.Map(_keep_order)
+                     | "SmallestKeys" >> beam.combiners.Top.Smallest(limit)
+                     | "LastKept" >> beam.Map(lambda keys: keys[-1] if len(keys) >= limit
+                                              else None))
+        return records | "Split" >> beam.FlatMap(
+            split, beam.pvalue.AsSingleton(last_kept)).with_outputs(SKIPPED_TAG, main="records")
+
+
+def _keep_order(record: rec.Record) -> tuple:
+    content = "\x00".join((record.text, record.label or "", record.record_id, record.unit or ""))
+    digest = hashlib.blake2b(content.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return (*_source_order(record), digest)

@@ -39,6 +39,7 @@ $(INSTALLED): requirements.txt requirements.in setup.py
 benchmark: models
 	$(BIN)/python benchmarks/lm_step.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/load.py
 
 compare: models
 	$(BIN)/python benchmarks/compare_methods.py

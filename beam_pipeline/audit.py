@@ -22,13 +22,12 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from typing import Callable
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline.plan import PlanError, check_budget, make_plan
+from beam_pipeline.plan import check_budget, make_plan
 from beam_pipeline.run import pipeline_options, preflight, run
 from evaluation import audit as measures
 from evaluation import memorisation
@@ -172,7 +171,12 @@ def measure(*, plan, settings: AuditSettings, synthetic_texts, member_texts, hel
                      "copy_ngram": memorisation.COPY_NGRAM,
                      "near_verbatim_ratio": measures.NEAR_VERBATIM_RATIO},
         "claimed": {"formal_epsilon": privacy["formal_epsilon"], "delta": delta,
-                    "privacy_unit": privacy.get("privacy_unit")},
+                    "privacy_unit": privacy.get("privacy_unit"),
+                    # The median rule's realised cost: data-dependent, NOT a formal guarantee.
+                    "ex_post_epsilon": {
+                        stage: {"max": figures["total_epsilon"]["max"],
+                                "median": figures["total_epsilon"]["p50"]}
+                        for stage, figures in (privacy.get("ex_post") or {}).items()}},
         "canary_exposure": measures.exposure_summary(exposure, control_exposure),
         "canaries": exposure,
         "control_canaries": control_exposure,
@@ -373,7 +377,10 @@ def summary_lines(result: dict) -> list[str]:
         f"empirical epsilon lower bound {bound['epsilon_lower_bound']:.3g} "
         f"({bound['confidence']:.0%} Clopper-Pearson; at most {_number(bound.get('ceiling'))} "
         f"at these sample sizes) vs claimed formal epsilon "
-        f"{_number(claimed['formal_epsilon'], 4)} at delta {claimed['delta']:g}",
+        f"{_number(claimed['formal_epsilon'], 4)} at delta {claimed['delta']:g}"
+        + "".join(f"; {stage} ex-post (not a formal guarantee): max "
+                  f"{_number(figures['max'], 4)}, median {_number(figures['median'], 4)}"
+                  for stage, figures in claimed.get("ex_post_epsilon", {}).items()),
     ]
 
 
@@ -386,7 +393,10 @@ def audit_markdown(result: dict) -> str:
         "# Privacy audit", "",
         f"Claimed: formal epsilon {_number(claimed['formal_epsilon'], 4)} at delta "
         f"{claimed['delta']:g} per {claimed.get('privacy_unit') or 'record'} "
-        "(privacy_report.json).", "",
+        "(privacy_report.json)."
+        + "".join(f" Ex-post {stage} epsilon (data-dependent, not a formal guarantee): max "
+                  f"{_number(figures['max'], 4)}, median {_number(figures['median'], 4)}."
+                  for stage, figures in claimed.get("ex_post_epsilon", {}).items()), "",
     ]
     if info:
         lines += [

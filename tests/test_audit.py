@@ -239,6 +239,10 @@ def test_audit_command_on_tiny_models(tmp_path, capsys):
 
     assert not set(inserted) & {c["canary"] for c in result["control_canaries"]}
     assert result["claimed"]["delta"] == 1e-6 and result["claimed"]["formal_epsilon"] > 0
+    privacy = json.loads((tmp_path / "out" / "privacy_report.json").read_text())
+    assert result["claimed"]["formal_epsilon"] == privacy["formal_epsilon"]
+    ex_post = result["claimed"]["ex_post_epsilon"]["generation"]   # the median rule's
+    assert ex_post["max"] == privacy["ex_post"]["generation"]["total_epsilon"]["max"]
     for name in ("records", "canaries"):
         figures = result["membership_inference"][name]
         assert 0.0 <= figures["auc"] <= 1.0

@@ -206,26 +206,29 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
             "clip": clip, "output": str(out)}
 
 
+class SampleOwnPrompt:
+    """Non-private sampling: the next token from the request's one prompt, with the
+    same top-k and temperature as the private runs, keyed by (secret, key, step)."""
+
+    def __init__(self, key: str, *, secret: str):
+        self.key, self._secret = key, secret
+
+    def choose(self, step, logits):
+        from transforms import aggregation
+        from transforms.randomness import keyed_generator
+
+        row = logits[0]
+        masked = aggregation.apply_mask(row, aggregation.top_k_mask(row, TOP_K))
+        return aggregation.sample_token(masked, TEMPERATURE,
+                                        keyed_generator(self._secret, self.key, step))
+
+
 def _non_private(args, private_rows) -> list[dict]:
     """One sampled continuation per seed prompt, for as many seeds as a private run has
     batches (n / s): the same LM, template, temperature and top-k, no aggregation."""
-    import numpy as np
-
     from offline_models.joint_decoding import GenerationRequest, generate_jointly
     from offline_models.loading import load_causal_lm
-    from transforms import aggregation
     from transforms.private_generation import render_prompt
-    from transforms.randomness import keyed_generator
-
-    class SampleOwnPrompt:
-        def __init__(self, key):
-            self.key = key
-
-        def choose(self, step, logits):
-            row = np.asarray(logits[0], dtype=np.float64)
-            masked = aggregation.apply_mask(row, aggregation.top_k_mask(row, TOP_K))
-            return aggregation.sample_token(masked, TEMPERATURE,
-                                            keyed_generator("non-private", self.key, step))
 
     lm = load_causal_lm(args.lm)
     rng = random.Random(args.seed)
@@ -233,7 +236,8 @@ def _non_private(args, private_rows) -> list[dict]:
     requests = [GenerationRequest(
         key=index, prompts=[render_prompt(YELP_TEMPLATE, row["text"][:args.max_chars],
                                           row[LABEL_COLUMN])],
-        chooser=SampleOwnPrompt(str(index)), max_new_tokens=args.max_new_tokens,
+        chooser=SampleOwnPrompt(str(index), secret="non-private"),
+        max_new_tokens=args.max_new_tokens,
         stop_text="\n\n") for index, row in enumerate(seeds)]
     synthetic = []
     for start in range(0, len(requests), 8):

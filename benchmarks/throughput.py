@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from beam_pipeline.demo import DEFAULT_INPUT, YELP_TEMPLATE  # noqa: E402
+from benchmarks.compare_methods import SampleOwnPrompt  # noqa: E402
 
 BATCH_SIZE, NEW_TOKENS, BATCHES_PER_CALL, MAX_CHARS = 8, 32, 8, 500
 
@@ -82,19 +83,6 @@ class _TimedChooser:
         return getattr(self._chooser, name)
 
 
-class _SampleOwnPrompt:
-    def __init__(self, key):
-        self.key = key
-
-    def choose(self, step, logits):
-        from transforms import aggregation
-        from transforms.randomness import keyed_generator
-
-        row = logits[0]
-        masked = aggregation.apply_mask(row, aggregation.top_k_mask(row, 50))
-        return aggregation.sample_token(masked, 1.0, keyed_generator("plain", self.key, step))
-
-
 def _generation(args, texts) -> None:
     from offline_models.joint_decoding import GenerationRequest, generate_jointly
     from offline_models.loading import load_causal_lm
@@ -123,7 +111,7 @@ def _generation(args, texts) -> None:
     def plain_requests(clock):
         return [GenerationRequest(
             key=batch, prompts=[render_prompt(YELP_TEMPLATE, seeds[batch * BATCH_SIZE], label)],
-            chooser=_TimedChooser(_SampleOwnPrompt(str(batch)), clock),
+            chooser=_TimedChooser(SampleOwnPrompt(str(batch), secret="plain"), clock),
             max_new_tokens=NEW_TOKENS, stop_text=None) for batch in range(args.batches)]
 
     def timed(make_requests):

@@ -136,6 +136,8 @@ def token_entry(stage: str, *, rule: str, clip: float, temperature: float,
             f"record can move a median from c to -c (LS = 2c), so a token is "
             f"2c^2/tau^2 = {rho:.4g}-zCDP; at most {tokens} private tokens per batch.",
             ex_post_replaceable=True)
+    if rule == "median_ptr":
+        raise ValueError("median_ptr has a test and a token entry: use median_ptr_entries.")
     raise ValueError(f"Unknown aggregation rule {rule!r}; use one of {RULES}.")
 
 

@@ -10,6 +10,8 @@ DEFAULT_TEMPLATE = "Review ({label}):\n{text}\n\nAnother review ({label}):\n"
 DEFAULT_UNLABELLED_TEMPLATE = "Review:\n{text}\n\nAnother review:\n"
 CLUSTERINGS = ("uniform", "public_centers", "dp_kmeans")
 AGGREGATORS = ("mean", "median", "median_ptr")
+LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT = "logit_aggregation", "private_evolution", "none"
+METHODS = (LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT)
 
 
 class DpSynthOptions(PipelineOptions):
@@ -50,6 +52,12 @@ class DpSynthOptions(PipelineOptions):
                           help="what to do with texts over --max_chars")
 
         method = parser.add_argument_group("method")
+        method.add_argument("--method", choices=METHODS, default=LOGIT_AGGREGATION,
+                            help="logit_aggregation (cluster, batch, and generate one text per "
+                                 "batch from privately aggregated next-token logits), "
+                                 "private_evolution (evolve LM-written texts by noisy "
+                                 "nearest-neighbour votes of the private records; see --pe_*) "
+                                 "or none (no text: only --output_embeddings)")
         method.add_argument("--clustering", choices=CLUSTERINGS, default="public_centers",
                             help="uniform (one cluster, 2024 method), public_centers (k-means "
                                  "on a public corpus, 2025 method) or dp_kmeans")
@@ -96,6 +104,22 @@ class DpSynthOptions(PipelineOptions):
                                  "the public prompt is the same with empty text")
         method.add_argument("--stop_text", default="\n\n",
                             help="a synthetic text ends where the model writes this")
+
+        evolution = parser.add_argument_group("private evolution (--method private_evolution)")
+        evolution.add_argument("--pe_rounds", type=int, default=3,
+                               help="T, vote-and-vary rounds; each is one Gaussian release")
+        evolution.add_argument("--pe_population", type=int, default=64,
+                               help="M, synthetic texts in the population (all labels "
+                                    "together); the output has M texts")
+        evolution.add_argument("--pe_vote_noise", type=float, default=10.0,
+                               help="sigma of the Gaussian noise on every member's vote count")
+        evolution.add_argument("--pe_vote_threshold", type=float, default=0.0,
+                               help="H: members are redrawn in proportion to their noisy "
+                                    "votes above H")
+        evolution.add_argument("--pe_variation_template", default=None,
+                               help="prompt for a variation of a member, with {text} (the "
+                                    "member) and, with labels, {label}; default: "
+                                    "--prompt_template, which asks for another text like it")
 
         clustering = parser.add_argument_group("clustering")
         clustering.add_argument("--public_input", default=None,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import apache_beam as beam
 
+from beam_pipeline.options import LOGIT_AGGREGATION, PRIVATE_EVOLUTION
 from beam_pipeline.plan import GENERATION_STAGE, RunPlan, plan_ledger
 from transforms.assign_to_batches import AssignToBatches, planned_batch_id_list
 from transforms.cluster import PUBLIC_CENTERS, Cluster
 from transforms.embed import BoundContributions, EmbedRecords
+from transforms.evolve import PrivateEvolution
 from transforms.generate import GenerateSynthetic
 from transforms.public_corpus import GeneratePublicCorpus, PublicCentres
 from transforms.read import REJECTED_TAG, SKIPPED_TAG, ReadRecords
@@ -24,6 +26,49 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
         records = records | "BoundContributions" >> BoundContributions(plan.secret)
     embedded = records | "EmbedRecords" >> EmbedRecords(
         plan.encoder, sequence_length=plan.encoder_sequence_length)
+
+    # Everything is written to a staging folder and published by the last step.
+    staging = staging_dir(plan.output, plan.run_id)
+    counts = [
+        _count(read["records"], "records_accepted"),
+        _count(read[REJECTED_TAG], "records_rejected"),
+        _count(read["records"] | "Truncated" >> beam.Filter(lambda r: r.truncated),
+               "records_truncated"),
+        _count(read[SKIPPED_TAG], "records_over_max_records"),
+        _count(records, "records_after_unit_bound"),
+        _count(embedded, "records_embedded"),
+        _count_rejections_by_reason(read[REJECTED_TAG]),
+    ]
+    written = [read[REJECTED_TAG] | "WriteRejected" >> WriteJsonLines(
+        staging, "rejected", lambda r: {"source": r.source, "reason": r.reason,
+                                         "raw_excerpt": r.raw_excerpt})]
+    report_inputs = {}
+    if plan.method == LOGIT_AGGREGATION:
+        synthetic, release, batches = _logit_aggregation(pipeline, plan, embedded)
+        counts += [_count(batches | "Members" >> beam.FlatMap(lambda b: b.members),
+                          "records_batched")]
+        report_inputs.update(generation=synthetic, release=release)
+    elif plan.method == PRIVATE_EVOLUTION:
+        evolved = {"embedded": embedded, "observed_labels": _observed_labels(embedded)} \
+            | "PrivateEvolution" >> _private_evolution(plan)
+        synthetic = evolved["population"]
+        report_inputs.update(rounds=evolved["rounds"])
+    else:
+        synthetic = None
+    if synthetic is not None:
+        written.append(synthetic | "WriteSynthetic" >> WriteJsonLines(
+            staging, "synthetic", lambda r: r.to_output()))
+        counts.append(_count(synthetic, "synthetic_records"))
+    report_inputs["counts"] = counts | "AllCounts" >> beam.Flatten()
+    written.append(report_inputs | "WriteReports" >> WriteReports(
+        staging, lambda: plan_ledger(plan), generation_stage=GENERATION_STAGE,
+        parameters=report_parameters(plan), lifetime_budget=plan.lifetime_budget,
+        labels_from_data=plan.schema.label_column is not None and plan.labels is None))
+    tuple(written) | "PublishOutputs" >> PublishOutputs(staging, plan.output)
+
+
+def _logit_aggregation(pipeline, plan: RunPlan, embedded):
+    """Cluster, batch and generate: (synthetic records, the cluster release, the batches)."""
     public_centres = None
     if plan.clustering.mode == PUBLIC_CENTERS:
         public_centres = pipeline | "PublicCentres" >> _public_centres(plan)
@@ -37,33 +82,25 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
         plan.generation, lm=plan.lm, template=plan.template, secret=plan.secret,
         stop_text=plan.stop_text, planned_batch_ids=planned_batch_ids,
         batches_per_call=plan.batches_per_call)
+    return synthetic, release, batches
 
-    # Everything is written to a staging folder and published by the last step.
-    staging = staging_dir(plan.output, plan.run_id)
-    written_synthetic = synthetic | "WriteSynthetic" >> WriteJsonLines(
-        staging, "synthetic", lambda r: r.to_output())
-    written_rejected = read[REJECTED_TAG] | "WriteRejected" >> WriteJsonLines(
-        staging, "rejected", lambda r: {"source": r.source, "reason": r.reason,
-                                         "raw_excerpt": r.raw_excerpt})
-    counts = [
-        _count(read["records"], "records_accepted"),
-        _count(read[REJECTED_TAG], "records_rejected"),
-        _count(read["records"] | "Truncated" >> beam.Filter(lambda r: r.truncated),
-               "records_truncated"),
-        _count(read[SKIPPED_TAG], "records_over_max_records"),
-        _count(records, "records_after_unit_bound"),
-        _count(embedded, "records_embedded"),
-        _count(batches | "Members" >> beam.FlatMap(lambda b: b.members), "records_batched"),
-        _count(synthetic, "synthetic_records"),
-        _count_rejections_by_reason(read[REJECTED_TAG]),
-    ]
-    report_inputs = {"synthetic": synthetic, "release": release,
-                     "counts": counts | "AllCounts" >> beam.Flatten()}
-    written_reports = report_inputs | "WriteReports" >> WriteReports(
-        staging, lambda: plan_ledger(plan), generation_stage=GENERATION_STAGE,
-        parameters=report_parameters(plan), lifetime_budget=plan.lifetime_budget)
-    ((written_synthetic, written_rejected, written_reports)
-     | "PublishOutputs" >> PublishOutputs(staging, plan.output))
+
+def _private_evolution(plan: RunPlan) -> PrivateEvolution:
+    generation = plan.generation
+    return PrivateEvolution(
+        plan.evolution, lm=plan.lm, encoder=plan.encoder,
+        encoder_sequence_length=plan.encoder_sequence_length, template=plan.template,
+        variation_template=plan.variation_template, labels=plan.labels, secret=plan.secret,
+        stop_text=plan.stop_text, max_new_tokens=generation.max_new_tokens,
+        temperature=generation.temperature, top_k=generation.top_k,
+        batches_per_call=plan.batches_per_call)
+
+
+def _observed_labels(embedded):
+    return (embedded
+            | "Labels" >> beam.Map(lambda pair: pair[0].label)
+            | "DistinctLabels" >> beam.Distinct()
+            | "LabelList" >> beam.combiners.ToList())
 
 
 def _public_centres(plan: RunPlan) -> PublicCentres:
@@ -96,15 +133,26 @@ def _count_rejections_by_reason(rejected):
 
 
 def report_parameters(plan: RunPlan) -> dict:
+    parameters = {"method": plan.method, "delta": plan.delta, "lm": plan.lm,
+                  "encoder": plan.encoder, "prompt_template": plan.template,
+                  "labels": list(plan.labels) if plan.labels else None,
+                  "run_secret": ("fixed by --run_secret" if plan.secret_is_fixed
+                                 else "fresh from the OS")}
     g, c = plan.generation, plan.clustering
-    parameters = {
+    if plan.method == PRIVATE_EVOLUTION:
+        e = plan.evolution
+        parameters.update(pe_rounds=e.rounds, pe_population=e.population,
+                          pe_vote_noise=e.vote_noise, pe_vote_threshold=e.vote_threshold,
+                          pe_variation_template=plan.variation_template,
+                          temperature=g.temperature, top_k=g.top_k,
+                          max_new_tokens=g.max_new_tokens)
+    if plan.method != LOGIT_AGGREGATION:
+        return parameters
+    parameters.update({
         "clustering": c.mode, "aggregator": g.aggregator, "batch_size": g.expected_batch_size,
         "temperature": g.temperature, "clip": g.clip, "max_new_tokens": g.max_new_tokens,
-        "top_k": g.top_k, "public_tokens": g.public_tokens, "delta": plan.delta,
-        "histogram_noise": c.histogram_noise, "lm": plan.lm, "encoder": plan.encoder,
-        "prompt_template": plan.template, "labels": list(plan.labels) if plan.labels else None,
-        "run_secret": "fixed by --run_secret" if plan.secret_is_fixed else "fresh from the OS",
-    }
+        "top_k": g.top_k, "public_tokens": g.public_tokens,
+        "histogram_noise": c.histogram_noise})
     if g.ptr:
         parameters.update(ptr_bound=g.ptr.bound, ptr_svt_epsilon=g.ptr.svt_epsilon,
                           ptr_threshold=g.ptr.threshold, ptr_fallback=g.ptr.fallback)

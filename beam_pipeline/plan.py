@@ -11,6 +11,7 @@ from beam_pipeline import budget_ledger
 from beam_pipeline import options as opts
 from transforms.accounting import PrivacyLedger
 from transforms import median_ptr
+from transforms import private_evolution
 from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, UNIFORM, ClusteringConfig
 from transforms.private_generation import GenerationConfig, check_template
 from transforms.randomness import new_run_secret
@@ -50,6 +51,9 @@ class RunPlan:
     budget_ledger: str | None = None
     lifetime_epsilon: float | None = None
     privacy_unit_domain: str | None = None
+    method: str = opts.LOGIT_AGGREGATION
+    evolution: private_evolution.EvolutionConfig | None = None
+    variation_template: str | None = None
     # Filled in by run.py once the budget ledger has reserved this run's cost.
     lifetime_budget: dict | None = None
 
@@ -92,6 +96,10 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     _require(o.public_centers >= 1 and o.kept_centers >= 1,
              "--public_centers and --kept_centers must be >= 1")
     _require(o.public_corpus_size >= 1, "--public_corpus_size must be >= 1")
+    _require(o.pe_rounds >= 1, f"--pe_rounds must be >= 1, got {o.pe_rounds}")
+    _require(o.pe_population >= 1, f"--pe_population must be >= 1, got {o.pe_population}")
+    _require(o.pe_vote_noise > 0, "--pe_vote_noise must be > 0")
+    _require(o.pe_vote_threshold >= 0, "--pe_vote_threshold must be >= 0")
     _check_budget_options(o)
     labelled = bool(o.label_column)
     template = o.prompt_template or (opts.DEFAULT_TEMPLATE if labelled
@@ -101,6 +109,16 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         check_template(template, labelled=labelled)
     except ValueError as error:
         raise PlanError(str(error)) from None
+    evolution, variation_template = None, None
+    if o.method == opts.PRIVATE_EVOLUTION:
+        evolution = private_evolution.EvolutionConfig(
+            rounds=o.pe_rounds, population=o.pe_population, vote_noise=o.pe_vote_noise,
+            vote_threshold=o.pe_vote_threshold)
+        variation_template = (o.pe_variation_template or template).replace("\\n", "\n")
+        try:
+            check_template(variation_template, labelled=labelled)
+        except ValueError as error:
+            raise PlanError(f"--pe_variation_template: {error}") from None
     labels = _label_values(o.label_values) if o.label_values else None
     if labels is not None and not labelled:
         raise PlanError("--label_values needs --label_column")
@@ -134,12 +152,25 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         batches_per_call=o.generation_batches_per_call, delta=o.delta,
         target_epsilon=o.target_epsilon, secret=secret, secret_is_fixed=bool(o.run_secret),
         run_id=uuid.uuid4().hex, budget_ledger=o.budget_ledger,
-        lifetime_epsilon=o.lifetime_epsilon, privacy_unit_domain=o.privacy_unit_domain)
+        lifetime_epsilon=o.lifetime_epsilon, privacy_unit_domain=o.privacy_unit_domain,
+        method=o.method, evolution=evolution, variation_template=variation_template)
 
 
 def plan_ledger(plan: RunPlan) -> PrivacyLedger:
     """Every DP event one unit takes part in, known before any data is read."""
     ledger = PrivacyLedger(delta=plan.delta, privacy_unit=plan.privacy_unit)
+    if plan.method == opts.LOGIT_AGGREGATION:
+        _record_logit_aggregation(ledger, plan)
+    elif plan.method == opts.PRIVATE_EVOLUTION:
+        evolution = plan.evolution
+        ledger.record_gaussian(
+            private_evolution.STAGE, noise_stddev=evolution.vote_noise, count=evolution.rounds,
+            released="noisy histogram of nearest-member votes over the population (one "
+                     "vote per record and round)")
+    return ledger
+
+
+def _record_logit_aggregation(ledger: PrivacyLedger, plan: RunPlan) -> None:
     clustering = plan.clustering
     if clustering.mode == DP_KMEANS:
         ledger.record_gaussian("clustering", noise_stddev=clustering.kmeans_sum_noise,
@@ -160,7 +191,6 @@ def plan_ledger(plan: RunPlan) -> PrivacyLedger:
         expected_batch_size=generation.expected_batch_size,
         gate_noise_scale=generation.gate_noise if generation.public_tokens else None,
         ptr=generation.ptr)
-    return ledger
 
 
 def check_budget(plan: RunPlan) -> float:
@@ -169,9 +199,16 @@ def check_budget(plan: RunPlan) -> float:
     if plan.target_epsilon is not None and epsilon > plan.target_epsilon:
         raise PlanError(
             f"this configuration costs epsilon {epsilon:.4g} (delta {plan.delta:g}), more than "
-            f"--target_epsilon {plan.target_epsilon:g}: lower --clip or --max_new_tokens, or "
-            "raise --batch_size, --temperature or the noise")
+            f"--target_epsilon {plan.target_epsilon:g}: {_CHEAPER[plan.method]}")
     return epsilon
+
+
+_CHEAPER = {
+    opts.LOGIT_AGGREGATION: "lower --clip or --max_new_tokens, or raise --batch_size, "
+                            "--temperature or the noise",
+    opts.PRIVATE_EVOLUTION: "lower --pe_rounds or raise --pe_vote_noise",
+    opts.NO_TEXT: "raise the noise",
+}
 
 
 def _ptr_settings(o) -> median_ptr.PtrSettings:

@@ -430,11 +430,12 @@ class PrivacyLedger:
             f"- Privacy unit: {self.privacy_unit}. Adjacent datasets differ by "
             f"{ADJACENCY}.",
             f"- Formal guarantee: ({report['formal_epsilon']:.4g}, {self.delta:g})-DP "
-            f"for every unit, composing all stages below with the {report['accountant']}.",
-            "- Generation is counted once: each unit is in exactly one batch, and "
-            "batches see disjoint records.",
-            "- Stage epsilons compose to less than their sum, so they do not add up "
-            "to the total."]
+            f"for every unit, composing all stages below with the {report['accountant']}."]
+        if self._batches:
+            lines.append("- Generation is counted once: each unit is in exactly one batch, "
+                         "and batches see disjoint records.")
+        lines.append("- Stage epsilons compose to less than their sum, so they do not add "
+                     "up to the total.")
         if report["delta_of_mechanisms"] > 0:
             lines.append(
                 f"- delta = {self.delta:g} is split: {report['delta_of_mechanisms']:.3g} "

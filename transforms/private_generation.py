@@ -162,16 +162,25 @@ class PrivateTokenChooser:
 
 
 class PublicSamplingChooser:
-    """Samples from the public prompt alone (epsilon 0): used to write a public corpus."""
+    """Samples from one non-private prompt alone (epsilon 0): the public corpus, and
+    Private Evolution's texts, whose prompts hold public or already released text.
 
-    def __init__(self, *, temperature: float, secret: str, sample_id: str):
+    `top_k` keeps the prompt's k most likely tokens, as --top_k does for private runs.
+    """
+
+    def __init__(self, *, temperature: float, secret: str, sample_id: str,
+                 top_k: int | None = None):
         self._temperature = temperature
         self._secret = secret
         self._sample_id = sample_id
+        self._top_k = top_k
 
     def choose(self, step: int, logits: np.ndarray) -> int:
         rng = keyed_generator(self._secret, "public_corpus", self._sample_id, step)
-        return aggregation.sample_token(logits[-1], self._temperature, rng)
+        row = logits[-1]
+        if self._top_k is not None:
+            row = aggregation.apply_mask(row, aggregation.top_k_mask(row, self._top_k))
+        return aggregation.sample_token(row, self._temperature, rng)
 
 
 def check_template(template: str, *, labelled: bool) -> None:

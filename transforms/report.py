@@ -65,8 +65,9 @@ class WriteReports(beam.PTransform):
     """Writes privacy_report.json/.md and run_summary.json once all counts are in."""
 
     def __init__(self, output_dir: str, make_ledger, *, generation_stage: str, parameters: dict,
-                 lifetime_budget: dict | None = None):
+                 labels_from_data: bool = False, lifetime_budget: dict | None = None):
         super().__init__()
+        self._labels_from_data = labels_from_data
         self._lifetime_budget = lifetime_budget
         self._output = output_dir
         self._make_ledger = make_ledger
@@ -74,42 +75,65 @@ class WriteReports(beam.PTransform):
         self._parameters = parameters
 
     def expand(self, inputs):
-        synthetic, counts, release = inputs["synthetic"], inputs["counts"], inputs["release"]
+        """`inputs`: "counts" (name, count) pairs; with logit aggregation "generation" (the
+        SyntheticRecords) and "release" (the ClusterRelease); with Private Evolution
+        "rounds" (its per-round summaries)."""
+        counts = inputs["counts"]
         output, make_ledger, stage, parameters = (self._output, self._make_ledger, self._stage,
                                                   self._parameters)
-        lifetime_budget = self._lifetime_budget
-
+        lifetime_budget, labels_from_data = self._lifetime_budget, self._labels_from_data
+        batch_size = parameters.get("batch_size")
         epsilon_gauge = Metrics.gauge("dpsynth", "formal_epsilon_x1000")
 
-        def write(records, counts_, release_):
+        def write(_, counts_, records, release_, rounds):
             records = sorted(records, key=lambda r: r.batch_id)
-            planned = sum(release_.batch_counts(parameters["batch_size"]).values())
+            planned = (sum(release_.batch_counts(batch_size).values())
+                       if release_ is not None else None)
             report, markdown = privacy_report(
                 make_ledger(), records, generation_stage=stage, parameters=parameters,
-                labels_from_data=release_.labels_from_data, planned_batches=planned,
+                labels_from_data=labels_from_data, planned_batches=planned,
                 lifetime_budget=lifetime_budget)
+            if rounds:
+                report["private_evolution_rounds"] = rounds
+                markdown += "\n## Private Evolution rounds\n\n" + "".join(
+                    f"- Round {r['round']}: {r['members_above_threshold']} member(s) above the "
+                    f"vote threshold, {r['distinct_members_drawn']} distinct member(s) "
+                    f"redrawn.\n" for r in rounds)
             write_text_file(output_path(output, "privacy_report.json"),
                             json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
             write_text_file(output_path(output, "privacy_report.md"), markdown)
             summary = dict(sorted(counts_.items()))
-            summary["planned_batches"] = planned
-            summary["tokens"] = sum(r.tokens for r in records)
-            summary["private_tokens"] = sum(r.private_tokens for r in records)
-            summary["public_tokens"] = sum(r.public_tokens for r in records)
+            summary.setdefault("synthetic_records", 0)
+            if planned is not None:
+                summary["planned_batches"] = planned
+                summary["tokens"] = sum(r.tokens for r in records)
+                summary["private_tokens"] = sum(r.private_tokens for r in records)
+                summary["public_tokens"] = sum(r.public_tokens for r in records)
             summary["formal_epsilon"] = report["formal_epsilon"]
             epsilon_gauge.set(int(round(1000 * report["formal_epsilon"])))
             summary["delta"] = report["delta"]
-            summary["notes"] = run_notes(summary, parameters["batch_size"])
+            summary["notes"] = run_notes(summary, batch_size)
             if lifetime_budget:
                 summary["cumulative_epsilon"] = lifetime_budget["cumulative_epsilon"]
             write_text_file(output_path(output, "run_summary.json"),
                             json.dumps(summary, indent=2, sort_keys=True) + "\n")
             yield summary
 
-        return (synthetic
-                | "CollectSynthetic" >> beam.combiners.ToList()
+        pipeline = counts.pipeline
+        generation = inputs.get("generation")
+        if generation is None:
+            generation = pipeline | "NoGeneration" >> beam.Create([])
+        release = inputs.get("release")
+        release_side = (beam.pvalue.AsSingleton(release) if release is not None
+                        else beam.pvalue.AsSingleton(pipeline | "NoRelease" >> beam.Create([None])))
+        rounds = inputs.get("rounds")
+        rounds_side = (beam.pvalue.AsSingleton(rounds) if rounds is not None
+                       else beam.pvalue.AsSingleton(pipeline | "NoRounds" >> beam.Create([[]])))
+        return (pipeline
+                | "Once" >> beam.Create([None])
                 | "Write" >> beam.FlatMap(write, beam.pvalue.AsDict(counts),
-                                          beam.pvalue.AsSingleton(release)))
+                                          beam.pvalue.AsList(generation), release_side,
+                                          rounds_side))
 
 
 def run_notes(summary: dict, batch_size: int) -> list[str]:
@@ -121,7 +145,7 @@ def run_notes(summary: dict, batch_size: int) -> list[str]:
     accepted = summary.get("records_accepted", 0)
     if accepted == 0:
         notes.append("No record was accepted: see rejected-*.jsonl for the reasons.")
-    elif accepted < batch_size:
+    elif batch_size is not None and accepted < batch_size:
         notes.append(f"The input has fewer accepted records ({accepted}) than one batch "
                      f"(--batch_size {batch_size}).")
     if summary.get("planned_batches") == 0:

@@ -1,0 +1,247 @@
+"""PrivateEvolution: the Private Evolution loop on Beam, T rounds unrolled in the graph.
+
+A round: embed the population; every private record finds its nearest member
+(of its label) on its worker, the population riding along as a side input;
+a CombineFn counts the votes; one step adds the Gaussian noise and redraws;
+the LM writes a variation of every member drawn. The math is in
+transforms/private_evolution.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from offline_models.joint_decoding import GenerationRequest
+from transforms import private_evolution as pe
+from transforms.embed import EmbedRecords
+from transforms.model_handlers import GenerateInFixedCalls
+from transforms.private_generation import PublicSamplingChooser, render_prompt
+from transforms.randomness import keyed_generator
+from transforms.read import NAMESPACE
+from transforms.records import Record
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One synthetic text of the population; `index` is its place in the population."""
+    index: int
+    label: object
+    text: str = dataclasses.field(repr=False)
+    parent: int | None = None     # the member of the previous round it varies
+
+    def to_output(self) -> dict:
+        output = {"text": self.text}
+        if self.label is not None:
+            output["label"] = self.label
+        return output
+
+
+class VoteCountsCombineFn(beam.CombineFn):
+    """Votes per population index: {index: count}. None (no member of the label) is counted
+    apart under the key None, so no vote disappears unseen."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, index):
+        accumulator[index] = accumulator.get(index, 0) + 1
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for accumulator in accumulators:
+            for index, count in accumulator.items():
+                merged[index] = merged.get(index, 0) + count
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+@dataclasses.dataclass(frozen=True)
+class _PopulationIndex:
+    """Member vectors per label, for the nearest-member search on every worker."""
+    by_label: dict          # label -> (population indices, (m, d) vectors)
+    size: int
+
+    @classmethod
+    def of(cls, embedded_members, population: int):
+        grouped = {}
+        for member, vector in sorted(embedded_members, key=lambda pair: pair[0].index):
+            grouped.setdefault(member.label, []).append((member.index, vector))
+        by_label = {label: (np.array([i for i, _ in pairs], dtype=np.int64),
+                            np.stack([v for _, v in pairs]).astype("float64"))
+                    for label, pairs in grouped.items()}
+        return cls(by_label=by_label, size=population)
+
+    def nearest(self, label, embedding):
+        indices, vectors = self.by_label.get(label, (np.zeros(0, np.int64), None))
+        return pe.nearest_member(embedding, vectors, indices)
+
+
+class PrivateEvolution(beam.PTransform):
+    """(Record, embedding) of the private records -> the final population of Members.
+
+    Also returns, under "rounds", one summary dict per round (what the noisy
+    release led to, for the report: noisy figures and public sizes only).
+    """
+
+    def __init__(self, config: pe.EvolutionConfig, *, lm: str, encoder: str,
+                 encoder_sequence_length: int, template: str, variation_template: str,
+                 labels, secret: str, stop_text: str | None, max_new_tokens: int,
+                 temperature: float, top_k: int | None, batches_per_call: int = 8):
+        super().__init__()
+        self._config = config
+        self._lm = lm
+        self._encoder = encoder
+        self._sequence_length = encoder_sequence_length
+        self._template = template
+        self._variation_template = variation_template
+        self._labels = labels
+        self._secret = secret
+        self._stop_text = stop_text
+        self._max_new_tokens = max_new_tokens
+        self._temperature = temperature
+        self._top_k = top_k
+        self._per_call = batches_per_call
+
+    def expand(self, inputs):
+        embedded, observed_labels = inputs["embedded"], inputs["observed_labels"]
+        config, labels = self._config, self._labels
+
+        def first_members(_, seen):
+            domain = labels if labels is not None else sorted(
+                set(seen), key=lambda x: (x is None, str(x)))
+            return [Member(index, label, "") for index, label in
+                    enumerate(pe.initial_labels(domain or [None], config.population))]
+
+        seeds = (embedded.pipeline | "Start" >> beam.Create([None])
+                 | "InitialLabels" >> beam.FlatMap(first_members,
+                                                   beam.pvalue.AsSingleton(observed_labels)))
+        population = seeds | "InitialPopulation" >> self._generate(
+            "initial", self._template, round_index=None)
+        summaries = []
+        for round_index in range(config.rounds):
+            population, summary = self._round(embedded, population, round_index)
+            summaries.append(summary)
+        rounds = (summaries | "AllRounds" >> beam.Flatten()
+                  | "RoundList" >> beam.combiners.ToList()
+                  | "InOrder" >> beam.Map(lambda rows: sorted(rows, key=lambda r: r["round"])))
+        return {"population": population, "rounds": rounds}
+
+    def _round(self, embedded, population, round_index):
+        config, secret = self._config, self._secret
+        name = f"Round {round_index + 1}"
+        no_member = Metrics.counter(NAMESPACE, "pe_votes_without_member_of_label")
+
+        index = (population
+                 | f"{name} AsRecords" >> beam.Map(
+                     lambda m: Record(record_id=f"member:{round_index}:{m.index:08d}",
+                                      text=m.text, label=m.label, source="population"))
+                 | f"{name} EmbedPopulation" >> EmbedRecords(
+                     self._encoder, sequence_length=self._sequence_length)
+                 | f"{name} CollectPopulation" >> beam.combiners.ToList()
+                 | f"{name} PopulationIndex" >> beam.Map(
+                     lambda pairs: _PopulationIndex.of(
+                         [(_member_of(record), vector) for record, vector in pairs],
+                         config.population)))
+
+        def vote(pair, population_index):
+            record, embedding = pair
+            choice = population_index.nearest(record.label, embedding)
+            if choice is None:
+                no_member.inc()
+            return choice
+
+        votes = (embedded
+                 | f"{name} Vote" >> beam.Map(vote, beam.pvalue.AsSingleton(index))
+                 | f"{name} CountVotes" >> beam.CombineGlobally(VoteCountsCombineFn()))
+
+        def release(counts, members):
+            members = sorted(members, key=lambda m: m.index)
+            exact = pe.vote_histogram({i: c for i, c in counts.items() if i is not None},
+                                      config.population)
+            rng = keyed_generator(secret, pe.STAGE, "votes", round_index)
+            noisy = pe.noisy_votes(exact, config.vote_noise, rng)
+            weights = pe.selection_weights(noisy, config.vote_threshold)
+            drawn = pe.redraw(weights, config.population, rng)
+            survivors = [Member(position, members[parent].label, members[parent].text,
+                                parent=int(parent)) for position, parent in enumerate(drawn)]
+            summary = {"round": round_index + 1,
+                       "members_above_threshold": int(np.sum(noisy > config.vote_threshold)),
+                       "distinct_members_drawn": len(set(drawn.tolist())),
+                       "noisy_votes_total": float(noisy.sum())}
+            _LOG.info("private evolution: round %d/%d: %d distinct members drawn of %d",
+                      round_index + 1, config.rounds, summary["distinct_members_drawn"],
+                      config.population)
+            return survivors, summary
+
+        released = votes | f"{name} NoisyRedraw" >> beam.Map(
+            release, beam.pvalue.AsList(population))
+        survivors = released | f"{name} Survivors" >> beam.FlatMap(lambda pair: pair[0])
+        summary = released | f"{name} Summary" >> beam.Map(lambda pair: pair[1])
+        varied = survivors | f"{name} Variations" >> self._generate(
+            name, self._variation_template, round_index=round_index)
+        return varied, summary
+
+    def _generate(self, name, template, *, round_index):
+        return _GenerateMembers(
+            lm=self._lm, template=template, secret=self._secret, stop_text=self._stop_text,
+            max_new_tokens=self._max_new_tokens, temperature=self._temperature,
+            top_k=self._top_k, per_call=self._per_call,
+            sample_stage="initial" if round_index is None else f"round-{round_index}")
+
+
+def _member_of(record: Record) -> Member:
+    return Member(index=int(record.record_id.rsplit(":", 1)[1]), label=record.label,
+                  text=record.text)
+
+
+class _GenerateMembers(beam.PTransform):
+    """Member -> Member with the text the LM writes from `template` filled with the member's
+    text (empty for the initial population: the public prompt) and label."""
+
+    def __init__(self, *, lm, template, secret, stop_text, max_new_tokens, temperature, top_k,
+                 per_call, sample_stage):
+        super().__init__()
+        self._lm = lm
+        self._template = template
+        self._secret = secret
+        self._stop_text = stop_text
+        self._max_new_tokens = max_new_tokens
+        self._temperature = temperature
+        self._top_k = top_k
+        self._per_call = per_call
+        self._stage = sample_stage
+
+    def expand(self, members):
+        template, secret, stage, per_call = (self._template, self._secret, self._stage,
+                                             self._per_call)
+        written = Metrics.counter(NAMESPACE, "pe_texts_generated")
+
+        def request(member):
+            chooser = PublicSamplingChooser(temperature=self._temperature, secret=secret,
+                                            sample_id=f"pe:{stage}:{member.index}",
+                                            top_k=self._top_k)
+            return member.index // per_call, GenerationRequest(
+                key=(member.index, member.label, member.parent),
+                prompts=[render_prompt(template, member.text, member.label)],
+                chooser=chooser, max_new_tokens=self._max_new_tokens,
+                stop_text=self._stop_text)
+
+        def to_member(prediction):
+            index, label, parent = prediction.inference.key
+            written.inc()
+            return Member(index, label, prediction.inference.text.strip(), parent=parent)
+
+        return (members
+                | "ToRequest" >> beam.Map(request)
+                | "Generate" >> GenerateInFixedCalls(self._lm, sort_key=lambda r: r.key[0])
+                | "ToMember" >> beam.Map(to_member))

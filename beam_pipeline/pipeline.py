@@ -93,7 +93,8 @@ def _private_evolution(plan: RunPlan) -> PrivateEvolution:
         variation_template=plan.variation_template, labels=plan.labels, secret=plan.secret,
         stop_text=plan.stop_text, max_new_tokens=generation.max_new_tokens,
         temperature=generation.temperature, top_k=generation.top_k,
-        batches_per_call=plan.batches_per_call)
+        # A member is one prompt row, a batch s + 1: calls keep the rows of that many batches.
+        texts_per_call=plan.batches_per_call * (generation.expected_batch_size + 1))
 
 
 def _observed_labels(embedded):

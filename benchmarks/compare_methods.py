@@ -41,19 +41,20 @@ BATCH_SIZE, TEMPERATURE, TOP_K, MEDIAN_CLIP = 8, 1.0, 50, 6.0
 HISTOGRAM_NOISE = {1.0: 8.0, 3.0: 4.0, 10.0: 2.0}
 PTR_BOUND_RATIO = 2.0          # b = 2 c / s
 PTR_SVT_SHARE = 0.25           # the stability test's epsilon, as a share of the target
+# Private Evolution: T rounds over a population of M texts; the vote threshold is one
+# noise standard deviation, so a member needs votes to beat noise alone most of the time.
+PE_ROUNDS, PE_POPULATION = 3, 32
 METHODS = ("uniform+mean", "public_centers+mean", "public_centers+median",
-           "dp_kmeans+median", "public_centers+median_ptr", "non_private")
+           "dp_kmeans+median", "public_centers+median_ptr", "private_evolution",
+           "non_private")
+CALIBRATED = ("+mean", "+median_ptr", "private_evolution")
+NOISE_CALIBRATED = ("private_evolution",)
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.table_from:
-        rows = json.loads(Path(args.table_from).read_text())["rows"]
-        for row in rows:
-            reference = (row.get("evaluation", {}).get("mauve", {}).get("real_vs_real") or {})
-            row.setdefault("mauve_real_vs_real", reference.get("score"))
-            if row["epsilon_formal"] == "inf":
-                row["epsilon_formal"] = math.inf
+        rows = _rows_of(Path(args.table_from))
         print(_table(rows))
         _plot(rows, Path(args.table_from).with_suffix(".png"))
         return 0
@@ -68,12 +69,18 @@ def main(argv=None) -> int:
     encoder = load_sentence_encoder(args.encoder, sequence_length=128)
     private_rows = _read_csv(private_path)
 
+    requested = args.methods.split(",")
+    kept = []
+    if args.keep_rows_from:
+        kept = [row for row in _rows_of(Path(args.keep_rows_from))
+                if row["method"] not in requested]
+        print(f"kept {len(kept)} rows of other methods from {args.keep_rows_from}")
     rows = []
-    for method in args.methods.split(","):
+    for method in requested:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         targets = ([float(e) for e in args.epsilons.split(",")]
-                   if method.endswith(("+mean", "+median_ptr")) else [None])
+                   if method.endswith(CALIBRATED) else [None])
         for target in targets:
             row = _run_method(method, target, args=args, delta=delta, output=output,
                               private_path=private_path, private_rows=private_rows)
@@ -81,13 +88,33 @@ def main(argv=None) -> int:
                                 seed=args.seed))
             rows.append(row)
             print(_format_row(row), flush=True)
-            _write(output, args, delta, rows)
+            _write(output, args, delta, _in_method_order(kept + rows))
+    rows = _in_method_order(kept + rows)
 
     print()
     print(_table(rows))
     _plot(rows, output / "compare.png")
     print(f"\nwrote {output / 'compare.json'} and {output / 'compare.png'}")
     return 0
+
+
+def _rows_of(path: Path) -> list[dict]:
+    """The rows of an earlier compare.json, as `main` holds them."""
+    rows = json.loads(path.read_text())["rows"]
+    for row in rows:
+        reference = (row.get("evaluation", {}).get("mauve", {}).get("real_vs_real") or {})
+        row.setdefault("mauve_real_vs_real", reference.get("score"))
+        if row["epsilon_formal"] == "inf":
+            row["epsilon_formal"] = math.inf
+    return rows
+
+
+def _in_method_order(rows: list[dict]) -> list[dict]:
+    def position(row):
+        method = row["method"]
+        return (METHODS.index(method) if method in METHODS else len(METHODS),
+                row["epsilon_target"] or 0)
+    return sorted(rows, key=position)
 
 
 def _parser():
@@ -106,6 +133,9 @@ def _parser():
     parser.add_argument("--encoder", default="minilm-l6")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(REPO / "results"))
+    parser.add_argument("--keep_rows_from", default=None,
+                        help="an earlier compare.json: its rows of methods not in --methods "
+                             "join this run's table (same split and settings assumed)")
     parser.add_argument("--table_from", default=None,
                         help="print the table and redraw the plot of an earlier compare.json")
     return parser
@@ -150,9 +180,15 @@ def _common_arguments(args, private_path, out, delta):
 
 
 def _method_arguments(method, target, args, delta):
-    """(pipeline arguments of the method, the clip it uses) at a target epsilon."""
+    """(pipeline arguments of the method, the clip or noise it uses) at a target epsilon."""
     from transforms import accounting
 
+    if method == "private_evolution":
+        sigma = accounting.calibrate_gaussian_noise(target_epsilon=target, delta=delta,
+                                                    releases=PE_ROUNDS)
+        return ["--method", "private_evolution", "--pe_rounds", str(PE_ROUNDS),
+                "--pe_population", str(PE_POPULATION), "--pe_vote_noise", repr(sigma),
+                "--pe_vote_threshold", repr(sigma), "--target_epsilon", repr(target)], sigma
     clustering, aggregator = method.split("+")
     arguments = ["--clustering", clustering, "--aggregator", aggregator]
     if aggregator == "median":
@@ -203,7 +239,8 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
             "epsilon_ex_post_median": ex_post["total_epsilon"]["p50"] if ex_post else None,
             "median_tokens": tokens.get("median_tokens"), "tokens": tokens.get("tokens"),
             "synthetic": synthetic, "synthetic_count": len(synthetic), "wall_seconds": wall,
-            "clip": clip, "output": str(out)}
+            ("noise_multiplier" if method in NOISE_CALIBRATED else "clip"): clip,
+            "output": str(out)}
 
 
 class SampleOwnPrompt:

@@ -162,3 +162,20 @@ def test_calibration_refuses_a_budget_the_fixed_stages_already_spend():
         accounting.calibrate_mean_clip(target_epsilon=0.5, delta=DELTA, expected_batch_size=16,
                                        temperature=1.0, max_private_tokens=64,
                                        gaussian_noise_multipliers=(1.0,))
+
+
+@pytest.mark.parametrize("target, releases", [(1.0, 3), (3.0, 3), (10.0, 7)])
+def test_calibrated_gaussian_noise_is_the_smallest_that_meets_the_target(target, releases):
+    delta = 1e-5
+    sigma = accounting.calibrate_gaussian_noise(target_epsilon=target, delta=delta,
+                                                releases=releases,
+                                                gaussian_noise_multipliers=[20.0])
+
+    def epsilon(multiplier):
+        ledger = PrivacyLedger(delta=delta)
+        ledger.record_gaussian("fixed", noise_stddev=20.0)
+        ledger.record_gaussian("calibrated", noise_stddev=multiplier, count=releases)
+        return ledger.epsilon()
+
+    assert 0.99 * target <= epsilon(sigma) <= target * (1 + 1e-6)
+    assert epsilon(sigma * 0.98) > target

@@ -52,6 +52,22 @@ def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
     again = capsys.readouterr().out
     assert again.splitlines()[0].startswith("method") and len(again.splitlines()) == 2 + 5
 
+    # A later run of Private Evolution joins the earlier rows, in method order.
+    more = tmp_path / "more"
+    assert compare_methods.main([
+        "--data", str(data), "--private_records", "48", "--real_records", "40",
+        "--lm", "tiny-llama3", "--encoder", "tiny-bert", "--max_new_tokens", "3",
+        "--epsilons", "3", "--methods", "private_evolution",
+        "--keep_rows_from", str(out / "compare.json"), "--output", str(more)]) == 0
+    merged = json.loads((more / "compare.json").read_text())["rows"]
+    assert [(r["method"], r["epsilon_target"]) for r in merged] == [
+        (r["method"], r["epsilon_target"]) for r in rows[:4]] + [
+        ("private_evolution", 3.0), ("non_private", None)]
+    evolution = merged[4]
+    assert 0.9 * 3 <= evolution["epsilon_formal"] <= 3 + 1e-6
+    assert evolution["synthetic_count"] == compare_methods.PE_POPULATION
+    assert evolution["noise_multiplier"] > 0
+
 
 def test_throughput_prints_the_ratios(tmp_path, capsys):
     data = _yelp_like(tmp_path / "yelp.csv", n=40)

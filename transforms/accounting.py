@@ -543,3 +543,27 @@ def calibrate_median_ptr_clip(*, target_epsilon: float, delta: float,
                          f"The clustering and the stability test alone already cost epsilon "
                          f">= {target_epsilon:g}: add noise to the clustering or lower "
                          f"--ptr_svt_epsilon.")
+
+
+def calibrate_gaussian_noise(*, target_epsilon: float, delta: float, releases: int,
+                             gaussian_noise_multipliers: Sequence[float] = (),
+                             tol: float = 1e-6) -> float:
+    """Smallest noise multiplier sigma / Delta such that `releases` Gaussian releases with it,
+    composed with the fixed ones, cost at most `target_epsilon` at delta.
+
+    For methods that are Gaussian releases only: Private Evolution's vote rounds, the
+    synthetic embeddings' statistics."""
+    if releases < 1:
+        raise ValueError(f"releases must be >= 1, got {releases}")
+    fixed = [dp_accounting.GaussianDpEvent(m) for m in gaussian_noise_multipliers]
+
+    def events(multiplier: float) -> dp_accounting.DpEvent:
+        return dp_accounting.ComposedDpEvent(
+            fixed + [_repeated(dp_accounting.GaussianDpEvent(multiplier), releases)])
+
+    if fixed and _epsilon(fixed, delta) >= target_epsilon:
+        raise PrivacyBudgetError(f"The fixed releases already cost epsilon >= {target_epsilon:g} "
+                                 f"at delta = {delta:g}.")
+    return float(dp_accounting.calibrate_dp_mechanism(
+        rdp_accountant, events, target_epsilon, delta,
+        bracket_interval=dp_accounting.LowerEndpointAndGuess(tol, 1.0), tol=tol))

@@ -96,7 +96,7 @@ class PrivateEvolution(beam.PTransform):
     def __init__(self, config: pe.EvolutionConfig, *, lm: str, encoder: str,
                  encoder_sequence_length: int, template: str, variation_template: str,
                  labels, secret: str, stop_text: str | None, max_new_tokens: int,
-                 temperature: float, top_k: int | None, batches_per_call: int = 8):
+                 temperature: float, top_k: int | None, texts_per_call: int = 64):
         super().__init__()
         self._config = config
         self._lm = lm
@@ -110,7 +110,7 @@ class PrivateEvolution(beam.PTransform):
         self._max_new_tokens = max_new_tokens
         self._temperature = temperature
         self._top_k = top_k
-        self._per_call = batches_per_call
+        self._per_call = texts_per_call
 
     def expand(self, inputs):
         embedded, observed_labels = inputs["embedded"], inputs["observed_labels"]

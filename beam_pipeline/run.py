@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
 
 from beam_pipeline import budget_ledger
-from beam_pipeline.options import DpSynthOptions
+from beam_pipeline.options import LOGIT_AGGREGATION, PRIVATE_EVOLUTION, DpSynthOptions
 from beam_pipeline.pipeline import build_pipeline, report_parameters
 from beam_pipeline.plan import PlanError, check_budget, make_plan, plan_ledger
 from offline_models import registry
@@ -116,6 +116,19 @@ def reserve_budget(plan, epsilon: float):
         raise PlanError(str(error)) from None
 
 
+def describe_method(plan) -> str:
+    if plan.method == PRIVATE_EVOLUTION:
+        e = plan.evolution
+        text = (f"private evolution, {e.rounds} round(s), population {e.population}, "
+                f"vote noise {e.vote_noise:.4g}")
+    elif plan.method == LOGIT_AGGREGATION:
+        text = (f"{plan.clustering.mode} + {plan.generation.aggregator}, "
+                f"s={plan.generation.expected_batch_size}")
+    else:
+        text = "no text"
+    return text
+
+
 def run(argv, *, say=print, wait: bool = True) -> dict:
     """Runs the job; with wait=False (a flex template launch) only submits it."""
     silence_element_logging()
@@ -125,8 +138,8 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
     preflight(plan)
     runner = options.view_as(StandardOptions).runner
     mode = options.view_as(DirectOptions).direct_running_mode
-    say(f"dpsynth: {plan.clustering.mode} + {plan.generation.aggregator}, s={plan.generation.expected_batch_size}, "
-        f"formal epsilon {epsilon:.4g} at delta {plan.delta:g}; runner {runner} ({mode})")
+    say(f"dpsynth: {describe_method(plan)}, formal epsilon {epsilon:.4g} at delta "
+        f"{plan.delta:g}; runner {runner} ({mode})")
     reservation = reserve_budget(plan, epsilon)
     if reservation:
         plan = dataclasses.replace(plan, lifetime_budget=reservation.to_report())

@@ -74,10 +74,10 @@ def _parser():
     synthetic.add_argument("--synthetic", default=None,
                            help="synthetic records (a file or a glob, e.g. out/synthetic-*.jsonl)")
     synthetic.add_argument("--synthetic_embeddings", default=None,
-                           help="synthetic embeddings instead of records (.npz or .parquet, as "
-                                "`dpsynth run --output_embeddings` writes): downstream accuracy "
-                                "and feature-level MAUVE against the real records' embeddings "
-                                "(use the --encoder the run used)")
+                           help="synthetic embeddings instead of records (.npz or .parquet "
+                                "with embeddings and labels, see docs/privacy.md): downstream "
+                                "accuracy and feature-level MAUVE against the real records' "
+                                "embeddings (use the --encoder the run used)")
     evaluate.add_argument("--real", required=True,
                           help="real records to compare with and test on (CSV, JSONL, Parquet, "
                                "text), ideally held out from the private data")

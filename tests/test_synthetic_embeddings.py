@@ -7,6 +7,7 @@ import apache_beam as beam
 import dp_accounting
 import numpy as np
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -195,6 +196,18 @@ def test_files_round_trip(tmp_path, extension):
         assert table.column("cluster").to_pylist() == [0, 1, 2, 0, 1]
 
 
+@pytest.mark.parametrize("extension", ["npz", "parquet"])
+def test_files_round_trip_on_cloud_storage(gcs_bucket, extension):
+    vectors = np.random.default_rng(1).normal(size=(3, 2)).astype(np.float32)
+    path = f"gs://{gcs_bucket}/run/synthetic_embeddings.{extension}"
+    lib.write_embeddings(path, vectors, ["x", "y", None], [2, 0, 1])
+    read_vectors, labels = lib.read_embeddings(path)
+    np.testing.assert_array_equal(read_vectors, vectors)
+    assert labels == ["x", "y", None]
+    with pytest.raises(lib.EmbeddingsFileError, match="does not exist"):
+        lib.read_embeddings(f"gs://{gcs_bucket}/run/nothing.{extension}")
+
+
 def test_empty_file_round_trips(tmp_path):
     path = lib.write_embeddings(str(tmp_path / "none.npz"), np.zeros((0, 3)), [], [])
     vectors, labels = lib.read_embeddings(path)
@@ -262,14 +275,18 @@ def test_transform_writes_the_sampled_embeddings_on_the_fn_api_runner(tmp_path, 
                "neg": np.array([[0, 0, 1.0, 0], [0, 0, 0, 1.0]])}
     config = lib.EmbeddingReleaseConfig(count_noise=0.5, sum_noise=0.05, samples=40)
     path = str(tmp_path / f"synthetic_embeddings.{extension}")
-    with TestPipeline(runner="FnApiRunner") as pipeline:
-        result = ({"embedded": pipeline | "Embedded" >> beam.Create(pairs),
-                   "centres": pipeline | "Centres" >> beam.Create([centres])}
-                  | ReleaseSyntheticEmbeddings(config, "secret", path))
-        assert_that(result["written"], equal_to([path]), label="Written")
-        assert_that(result["summary"] | beam.Map(
-            lambda s: (s["cells_released"], s["samples_written"], s["dimension"])),
-            equal_to([(4, 40, 4)]), label="Summary")
+    pipeline = TestPipeline(runner="FnApiRunner")
+    result = ({"embedded": pipeline | "Embedded" >> beam.Create(pairs),
+               "centres": pipeline | "Centres" >> beam.Create([centres])}
+              | ReleaseSyntheticEmbeddings(config, "secret", path))
+    assert_that(result["written"], equal_to([path]), label="Written")
+    assert_that(result["summary"] | beam.Map(
+        lambda s: (s["cells_released"], s["samples_written"], s["dimension"])),
+        equal_to([(4, 40, 4)]), label="Summary")
+    outcome = pipeline.run()
+    outcome.wait_until_finish()
+    counters = outcome.metrics().query(MetricsFilter().with_name("synthetic_embeddings_written"))
+    assert sum(c.committed for c in counters["counters"]) == 40
     vectors, labels = lib.read_embeddings(path)
     assert vectors.shape == (40, 4)
     assert set(labels) == {"pos", "neg"}
@@ -302,6 +319,46 @@ def test_transform_releases_the_public_domain_with_shared_centres(tmp_path):
              | ReleaseSyntheticEmbeddings(config, "secret", again,
                                           labels=("neg", "pos", "unseen")))
     np.testing.assert_array_equal(lib.read_embeddings(again)[0], vectors)
+
+
+def test_transform_without_labels_and_one_placeholder_centre(tmp_path):
+    """Uniform clustering's release: one (1, 1) placeholder centre per label, here the one
+    label None of a run without a label column."""
+    pairs = [(Record(record_id=str(i), text="private"), vector)
+             for i, vector in enumerate(_unit(np.random.default_rng(8), 30, 4))]
+    config = lib.EmbeddingReleaseConfig(count_noise=0.5, sum_noise=0.05, samples=10)
+    path = str(tmp_path / "synthetic_embeddings.parquet")
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        result = ({"embedded": pipeline | "Embedded" >> beam.Create(pairs),
+                   "centres": pipeline | "Centres" >> beam.Create([{None: np.zeros((1, 1))}])}
+                  | ReleaseSyntheticEmbeddings(config, "secret", path))
+        assert_that(result["summary"] | beam.Map(
+            lambda s: (s["cells_released"], s["cells_used"], s["dimension"])),
+            equal_to([(1, 1, 4)]))
+    vectors, labels = lib.read_embeddings(path)
+    assert vectors.shape == (10, 4) and labels == [None] * 10
+
+
+def test_transform_takes_the_centres_of_dp_kmeans_cluster_release(tmp_path):
+    """The wiring of the pipeline: Cluster (dp_kmeans) -> release.centres -> this transform."""
+    from transforms.cluster import DP_KMEANS, Cluster, ClusteringConfig
+
+    pairs = _records(np.random.default_rng(9))
+    clustering = ClusteringConfig(mode=DP_KMEANS, expected_batch_size=4, histogram_noise=1.0,
+                                  labels=("neg", "pos"), kmeans_clusters=2, kmeans_rounds=2,
+                                  kmeans_sum_noise=0.5, kmeans_count_noise=0.5)
+    config = lib.EmbeddingReleaseConfig(count_noise=0.5, sum_noise=0.05)
+    path = str(tmp_path / "synthetic_embeddings.npz")
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        embedded = pipeline | "Embedded" >> beam.Create(pairs)
+        release = (embedded | "Cluster" >> Cluster(clustering, "secret"))["release"]
+        result = ({"embedded": embedded,
+                   "centres": release | "Centres" >> beam.Map(lambda r: r.centres)}
+                  | ReleaseSyntheticEmbeddings(config, "secret", path, labels=clustering.labels))
+        assert_that(result["summary"] | beam.Map(lambda s: s["cells_released"]), equal_to([4]))
+    vectors, labels = lib.read_embeddings(path)
+    assert abs(len(labels) - 48) <= 6 and set(labels) == {"neg", "pos"}
+    assert vectors.shape[1] == 4
 
 
 def test_transform_refuses_an_unknown_extension():

@@ -62,7 +62,10 @@ def release_and_sample(statistics: dict, centres: dict, config: lib.EmbeddingRel
     """The noisy release over every (label, centre) cell, its mixture and the samples
     (vectors, labels, clusters); the noise and the draws are keyed by the run secret."""
     domain = lib.release_domain(list(centres), centres)
-    dimension = next((c.shape[1] for c in centres.values() if len(c)), 0)
+    # The encoder's dimension (public). Uniform clustering's placeholder centres are (1, 1),
+    # so the records' vectors say it; with no record at all, the centres do.
+    dimension = next((len(total) for _, total, _ in statistics.values()),
+                     next((c.shape[1] for c in centres.values() if len(c)), 0))
     release = lib.release_statistics(statistics, domain, dimension, config,
                                      keyed_generator(secret, lib.STAGE, "release"))
     mixture = lib.mixture_from_release(release, config)
@@ -75,8 +78,9 @@ class ReleaseSyntheticEmbeddings(beam.PTransform):
     """{"embedded": (Record, embedding) pairs, "centres": singleton centres} -> {"summary",
     "written"}.
 
-    `centres`: a dict label -> (K, D) array (DpKMeans' output) or one (K, D) array for every
-    label (public centres). `labels`: the public label domain, or None for the centres dict's
+    `centres`: a dict label -> (K, D) array (DpKMeans' output, or `ClusterRelease.centres`
+    in any clustering mode: uniform's one placeholder centre per label gives one cell per
+    label) or one (K, D) array for every label (public centres). `labels`: the public label domain, or None for the centres dict's
     labels (or, with a shared array, the observed labels). `output_path` ends in .npz or
     .parquet. "summary" is a singleton dict (cells released, cells used, samples written,
     path); "written" a singleton holding the path, complete once the file is written (for

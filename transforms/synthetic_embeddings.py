@@ -174,7 +174,8 @@ def release_statistics(statistics: dict, domain: Sequence[tuple], dimension: int
     Cells of `statistics` outside `domain` are an error: they would be released by nobody's
     accounting (the caller builds the domain from the labels and centres the records joined).
     """
-    outside = [cell for cell in statistics if cell not in set(domain)]
+    domain_cells = set(domain)
+    outside = [cell for cell in statistics if cell not in domain_cells]
     if outside:
         raise ValueError(f"{len(outside)} cells are outside the release domain, e.g. {outside[0]}")
     counts, sums, squares = stacked_statistics(statistics, domain, dimension)

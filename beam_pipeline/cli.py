@@ -70,8 +70,14 @@ def _parser():
     evaluate = commands.add_parser(
         "evaluate", help="score a synthetic dataset against real data: MAUVE, downstream "
                          "accuracy, lengths, labels, verbatim copying")
-    evaluate.add_argument("--synthetic", required=True,
-                          help="synthetic records (a file or a glob, e.g. out/synthetic-*.jsonl)")
+    synthetic = evaluate.add_mutually_exclusive_group(required=True)
+    synthetic.add_argument("--synthetic", default=None,
+                           help="synthetic records (a file or a glob, e.g. out/synthetic-*.jsonl)")
+    synthetic.add_argument("--synthetic_embeddings", default=None,
+                           help="synthetic embeddings instead of records (.npz or .parquet "
+                                "with embeddings and labels, see docs/privacy.md): downstream "
+                                "accuracy and feature-level MAUVE against the real records' "
+                                "embeddings (use the --encoder the run used)")
     evaluate.add_argument("--real", required=True,
                           help="real records to compare with and test on (CSV, JSONL, Parquet, "
                                "text), ideally held out from the private data")
@@ -81,8 +87,8 @@ def _parser():
     evaluate.add_argument("--label_column", action="append", default=[],
                           help="a label column of the real data (repeat for several)")
     evaluate.add_argument("--synthetic_label_column", default=None,
-                          help="which --label_column the synthetic records' 'label' field holds "
-                               "(default: the first)")
+                          help="which --label_column the synthetic records' 'label' field (or "
+                               "the synthetic embeddings' labels) holds (default: the first)")
     evaluate.add_argument("--text_column", default="text",
                           help="text column of the real and private data (default: text)")
     evaluate.add_argument("--synthetic_text_column", default="text",
@@ -266,7 +272,8 @@ def _evaluate(args):
 
     try:
         result, paths = evaluate_files(
-            synthetic=args.synthetic, real=args.real, private=args.private, output=args.output,
+            synthetic=args.synthetic, synthetic_embeddings=args.synthetic_embeddings,
+            real=args.real, private=args.private, output=args.output,
             label_columns=args.label_column, synthetic_label_column=args.synthetic_label_column,
             text_column=args.text_column, synthetic_text_column=args.synthetic_text_column,
             encoder=args.encoder, encoder_sequence_length=args.encoder_sequence_length,

@@ -9,6 +9,9 @@ Records are texts, or dicts with a "text" field and label fields:
   {"text", "label", "cluster"}), which holds the column named by `synthetic_label_column`
   (default: the first label column).
 
+`evaluate_files` also takes a synthetic embeddings file instead of records; evaluation/embeddings.py
+evaluates it with the same split rules.
+
 Downstream split: the classifier is tested on real records that no classifier was trained on.
 - With private records, the test set is all of `real_records` (a held-out set) and the
   real-data baseline is trained on a sample of the private records as large as the
@@ -62,20 +65,9 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
     if not real:
         raise ValueError("no real records")
 
-    rng = np.random.default_rng(seed)
-    if private is not None:
-        test_rows = np.arange(len(real))
-        order = rng.permutation(len(private))
-        pool = [private[i] for i in order[:min(len(synthetic), len(private))]]
-        split = (f"test: all {len(real)} real records; real-data baseline: trained on a sample "
-                 f"of {len(pool)} of the {len(private)} private records")
-    else:
-        order = rng.permutation(len(real))
-        pool_size = min(len(synthetic), len(real) // 2)
-        pool_rows, test_rows = order[:pool_size], order[pool_size:]
-        pool = [real[i] for i in pool_rows]
-        split = (f"the {len(real)} real records shuffled (seed {seed}) and split: {pool_size} "
-                 f"train the real-data baseline, the other {len(test_rows)} are the test set")
+    pool_rows, test_rows, split = downstream_split(
+        len(real), None if private is None else len(private), len(synthetic), seed)
+    pool = [(real if private is None else private)[i] for i in pool_rows]
     test = [real[i] for i in test_rows]
 
     synthetic_vectors = _embed(encoder, [r["text"] for r in synthetic], "synthetic", say)
@@ -137,6 +129,28 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
         "labels": labels,
         "memorisation": copying,
     }
+
+
+def downstream_split(real_count: int, private_count: int | None, synthetic_count: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(baseline pool rows, test rows of the real records, the split in words).
+
+    The pool rows index the private records when there are some (`private_count` not None),
+    else the real records, disjoint from the test rows (module docstring).
+    """
+    rng = np.random.default_rng(seed)
+    if private_count is not None:
+        order = rng.permutation(private_count)
+        pool_rows = order[:min(synthetic_count, private_count)]
+        return (pool_rows, np.arange(real_count),
+                f"test: all {real_count} real records; real-data baseline: trained on a "
+                f"sample of {len(pool_rows)} of the {private_count} private records")
+    order = rng.permutation(real_count)
+    pool_size = min(synthetic_count, real_count // 2)
+    pool_rows, test_rows = order[:pool_size], order[pool_size:]
+    return (pool_rows, test_rows,
+            f"the {real_count} real records shuffled (seed {seed}) and split: {pool_size} "
+            f"train the real-data baseline, the other {len(test_rows)} are the test set")
 
 
 def _real_reference(real_vectors, sample_size, *, seed, num_buckets):
@@ -222,19 +236,24 @@ def _normalise(records: Iterable, label_columns: list[str], label_field_column: 
     return normalised
 
 
-def evaluate_files(*, synthetic: str, real: str, output: str, private: str | None = None,
+def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
+                   private: str | None = None, synthetic_embeddings: str | None = None,
                    label_columns: Sequence[str] = (), synthetic_label_column: str | None = None,
                    text_column: str = "text", synthetic_text_column: str = "text",
                    encoder: str, encoder_sequence_length: int = 128, seed: int = 0,
                    say: Callable[[str], None] | None = None) -> tuple[dict, dict]:
     """Reads the files, evaluates, writes the report into `output`: (result, {kind: path}).
 
-    A user mistake in the inputs (missing or empty file, unknown column) raises
+    The synthetic side is either records (`synthetic`) or a synthetic embeddings file
+    (`synthetic_embeddings`, .npz or .parquet, see evaluation/embeddings.py): exactly one.
+    A user mistake in the inputs (missing or empty file, unknown column, wrong format) raises
     `data.InputError` before any model is loaded.
     """
     from evaluation import data, report
 
     say = say or (lambda line: None)
+    if (synthetic is None) == (synthetic_embeddings is None):
+        raise data.InputError("give exactly one of --synthetic and --synthetic_embeddings")
     label_columns = list(dict.fromkeys(label_columns))
     if seed < 0:
         raise data.InputError(f"--seed must be >= 0, got {seed}")
@@ -245,9 +264,12 @@ def evaluate_files(*, synthetic: str, real: str, output: str, private: str | Non
                               "of the --label_column names")
     if synthetic_label_column is None and label_columns:
         synthetic_label_column = label_columns[0]
-    synthetic_file = data.read_records(
-        synthetic, what="synthetic", text_column=synthetic_text_column,
-        label_columns=label_columns, label_field="label", require_labels=False)
+    if synthetic_embeddings is not None:
+        synthetic_file, synthetic_vectors = _read_embeddings_file(synthetic_embeddings)
+    else:
+        synthetic_file = data.read_records(
+            synthetic, what="synthetic", text_column=synthetic_text_column,
+            label_columns=label_columns, label_field="label", require_labels=False)
     real_file = data.read_records(real, what="real", text_column=text_column,
                                   label_columns=label_columns)
     private_file = None
@@ -269,20 +291,56 @@ def evaluate_files(*, synthetic: str, real: str, output: str, private: str | Non
 
     say(f"loading the encoder {encoder}")
     sentence_encoder = load_sentence_encoder(encoder, sequence_length=encoder_sequence_length)
-    result = evaluate(synthetic_file.records, real_file.records, label_columns=label_columns,
-                      encoder=sentence_encoder, seed=seed,
-                      private_records=None if private_file is None else private_file.records,
-                      synthetic_label_column=synthetic_label_column, say=say)
+    private_records = None if private_file is None else private_file.records
+    if synthetic_embeddings is not None:
+        from evaluation.embeddings import evaluate_embeddings
+
+        dimension = getattr(sentence_encoder, "dimension", synthetic_vectors.shape[1])
+        if synthetic_vectors.shape[1] != dimension:
+            raise data.InputError(
+                f"the synthetic embeddings in {synthetic_embeddings} have "
+                f"{synthetic_vectors.shape[1]} dimensions and the encoder {encoder} gives "
+                f"{dimension}: pass the --encoder the run used")
+        result = evaluate_embeddings(synthetic_vectors, synthetic_file.records,
+                                     real_file.records,
+                                     label_columns=label_columns, encoder=sentence_encoder,
+                                     seed=seed, private_records=private_records,
+                                     synthetic_label_column=synthetic_label_column, say=say)
+        synthetic_texts = None
+    else:
+        result = evaluate(synthetic_file.records, real_file.records, label_columns=label_columns,
+                          encoder=sentence_encoder, seed=seed, private_records=private_records,
+                          synthetic_label_column=synthetic_label_column, say=say)
+        result["settings"].update(synthetic_text_column=synthetic_text_column)
+        synthetic_texts = [r["text"] for r in synthetic_file.records]
     result["settings"].update(encoder=encoder, encoder_sequence_length=encoder_sequence_length,
-                              text_column=text_column, synthetic_text_column=synthetic_text_column)
+                              text_column=text_column)
     result = {"inputs": {"synthetic": synthetic_file.summary(), "real": real_file.summary(),
                          "private": None if private_file is None else private_file.summary()},
               **result}
     try:
-        paths = report.write_report(result, output,
-                                    synthetic_texts=[r["text"] for r in synthetic_file.records],
+        paths = report.write_report(result, output, synthetic_texts=synthetic_texts,
                                     real_texts=[r["text"] for r in real_file.records])
     except OSError as error:
         raise data.InputError(f"cannot write the report into {output}: "
                               f"{error.strerror or error}") from None
     return result, paths
+
+
+def _read_embeddings_file(path: str):
+    """(a `data.LoadedFile` whose records are the embeddings' labels, the (N, D) vectors); a
+    missing, unreadable or malformed file is a one-line `data.InputError`."""
+    from evaluation import data
+    from transforms import synthetic_embeddings
+
+    if os.path.isdir(path):
+        raise data.InputError(f"the synthetic embeddings path {path} is a directory: name the "
+                              "file")
+    try:
+        vectors, labels = synthetic_embeddings.read_embeddings(path)
+    except synthetic_embeddings.EmbeddingsFileError as error:
+        raise data.InputError(str(error)) from None
+    if not len(vectors):
+        raise data.InputError(f"the synthetic embeddings file {path} holds no embeddings")
+    return data.LoadedFile(path=path, files=[path], records=labels, rejected={},
+                           columns=["embedding", "label"]), vectors

@@ -159,10 +159,14 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
     """(figure, value, what it means) for every headline number of the evaluation."""
     rows = []
     mauve = result["mauve"]
+    embeddings = result.get("synthetic_kind") == "embeddings"
     if mauve.get("score") is not None:
         rows.append(("MAUVE", _number(mauve["score"]),
-                     f"{mauve['sample_size']} texts a side, {mauve['num_buckets']} buckets; "
-                     "1 = indistinguishable from the real texts, near 0 = unlike them"))
+                     f"{mauve['sample_size']} {'embeddings' if embeddings else 'texts'} a "
+                     f"side, {mauve['num_buckets']} buckets; 1 = indistinguishable from the "
+                     "real texts, near 0 = unlike them"
+                     + ("; feature-level, against the real texts' encoder embeddings"
+                        if embeddings else "")))
     else:
         rows.append(("MAUVE", "n/a", mauve.get("reason", "")))
     reference = mauve.get("real_vs_real")
@@ -184,7 +188,7 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
         rows.append((f"Accuracy {column}, majority class",
                      _number(entry["majority_class_accuracy"]),
                      f"always answering {entry['majority_class']!r}"))
-    for side in ("synthetic", "real"):
+    for side in ("synthetic", "real") if "lengths" in result else ():   # no text, no lengths
         lengths = result["lengths"][side]
         rows.append((f"Mean length, {side}",
                      f"{_number(lengths['chars']['mean'], 1)} chars, "
@@ -249,16 +253,18 @@ def render_html(result: dict, plots: dict) -> str:
         parts.append(f"<tr><td>{html.escape(title)}</td><td><img alt='{html.escape(title)}' "
                      f"src='{_data_uri(path)}'></td></tr>")
     parts.append("</tbody></table>")
-    parts.append("<h2>Lengths</h2>")
     length_rows = []
-    for side in ("synthetic", "real"):
+    if "lengths" in result:
+        parts.append("<h2>Lengths</h2>")
+    for side in ("synthetic", "real") if "lengths" in result else ():
         for unit in ("chars", "words"):
             s = result["lengths"][side][unit]
             length_rows.append((side, unit, s["count"], _number(s["mean"], 1),
                                 _number(s["median"], 1), _number(s["p10"], 1),
                                 _number(s["p90"], 1), _number(s["min"]), _number(s["max"])))
-    parts.append(_table(("texts", "unit", "count", "mean", "median", "p10", "p90", "min", "max"),
-                        length_rows))
+    if length_rows:
+        parts.append(_table(("texts", "unit", "count", "mean", "median", "p10", "p90", "min",
+                             "max"), length_rows))
     for column, entry in result.get("labels", {}).items():
         parts.append(f"<h2>Labels: {html.escape(column)}</h2>")
         real, synthetic = entry["real"], entry["synthetic"]

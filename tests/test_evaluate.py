@@ -400,3 +400,175 @@ def test_evaluate_with_the_real_encoder_on_yelp_reviews(real_encoder, tmp_path):
     paths = write_report(result, str(tmp_path), synthetic_texts=[r["text"] for r in synthetic],
                          real_texts=[r["text"] for r in real])
     assert "data:image/png;base64," in open(paths["html"], encoding="utf-8").read()
+
+
+# ---------------------------------------------------------------------------- synthetic embeddings
+
+class WordEncoder:
+    """A stand-in sentence encoder whose space separates the two vocabularies: each word
+    adds its own fixed random direction, fruit words around one axis and noise words around
+    another, and the sum is normalised to unit norm (as a sentence encoder's output)."""
+
+    dimension = 16
+
+    def __init__(self):
+        rng = np.random.default_rng(99)
+        self._vectors = {}
+        for axis, vocabulary in ((0, FRUIT), (1, NOISE)):
+            for word in vocabulary:
+                vector = 0.5 * rng.normal(size=self.dimension)
+                vector[axis] += 2.0
+                self._vectors[word] = vector
+
+    def embed(self, texts):
+        rows = np.array([sum(self._vectors[w] for w in t.split()) for t in texts])
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _dp_synthetic_embeddings(encoder, samples=60, sum_noise=0.5):
+    """Embeddings drawn from the DP release of labelled private fruit and noise sentences."""
+    from transforms import synthetic_embeddings as release
+
+    texts = sentences(FRUIT, 40, seed=60) + sentences(NOISE, 40, seed=61)
+    cells = [("fruit", 0)] * 40 + [("noise", 0)] * 40
+    config = release.EmbeddingReleaseConfig(count_noise=1.0, sum_noise=sum_noise,
+                                            samples=samples)
+    statistics = release.cluster_statistics(cells, encoder.embed(texts))
+    rng = np.random.default_rng(62)
+    noisy = release.release_statistics(statistics, [("fruit", 0), ("noise", 0)],
+                                       encoder.dimension, config, rng)
+    vectors, labels, _ = release.sample_mixture(release.mixture_from_release(noisy, config),
+                                                samples, rng)
+    return vectors, labels
+
+
+def _imbalanced_real():
+    return (_labelled(sentences(FRUIT, 60, seed=63), "fruit")
+            + _labelled(sentences(NOISE, 40, seed=64), "noise"))
+
+
+def test_embeddings_beat_the_majority_class_on_separable_data():
+    from evaluation.embeddings import evaluate_embeddings
+
+    encoder = WordEncoder()
+    vectors, labels = _dp_synthetic_embeddings(encoder)
+    real = _imbalanced_real()
+    result = evaluate_embeddings(vectors, labels, real, label_columns=["category"],
+                                 encoder=encoder, seed=0)
+    downstream = result["downstream"]["category"]
+    assert downstream["majority_class"] == "fruit"
+    majority = downstream["majority_class_accuracy"]
+    assert 0.5 < majority < 0.75
+    assert downstream["trained_on_synthetic"]["accuracy"] > max(0.8, majority + 0.1)
+    assert downstream["trained_on_synthetic"]["train_size"] == 60
+    # The same split as `evaluate` on 60 synthetic records: 50 real train the baseline.
+    assert result["sizes"] == {"synthetic": 60, "real": 100, "private": None, "test": 50,
+                               "baseline_pool": 50}
+    assert downstream["trained_on_real"]["train_size"] == 50
+    assert downstream["trained_on_real"]["accuracy"] > 0.8
+    assert result["mauve"]["features"].startswith("feature-level")
+    assert result["mauve"]["sample_size"] == 60 and result["mauve"]["score"] is not None
+    assert result["labels"]["category"]["real"]["counts"] == {"fruit": 60, "noise": 40}
+    assert sum(result["labels"]["category"]["synthetic"]["counts"].values()) == 60
+    assert result["memorisation"]["computed"] is False
+
+    # Labels that do not match the real ones cannot be learned: the accuracy says so.
+    shuffled = list(np.random.default_rng(0).permutation(labels))
+    chance = evaluate_embeddings(vectors, shuffled, real, label_columns=["category"],
+                                 encoder=encoder, seed=0)["downstream"]["category"]
+    assert chance["trained_on_synthetic"]["accuracy"] < \
+        downstream["trained_on_synthetic"]["accuracy"] - 0.2
+
+
+def test_embeddings_with_private_records_train_the_baseline_on_them():
+    from evaluation.embeddings import evaluate_embeddings
+
+    encoder = WordEncoder()
+    vectors, labels = _dp_synthetic_embeddings(encoder, samples=30)
+    private = (_labelled(sentences(FRUIT, 20, seed=65), "fruit")
+               + _labelled(sentences(NOISE, 20, seed=66), "noise"))
+    result = evaluate_embeddings(vectors, labels, _imbalanced_real(), label_columns=["category"],
+                                 encoder=encoder, seed=1, private_records=private)
+    downstream = result["downstream"]["category"]
+    assert result["sizes"]["test"] == 100 and result["sizes"]["baseline_pool"] == 30
+    assert downstream["trained_on_real"]["trained_on"] == "private"
+    assert downstream["trained_on_synthetic"]["accuracy"] > 0.8
+
+
+def test_embeddings_of_another_dimension_are_refused(tiny_encoder):
+    from evaluation.embeddings import evaluate_embeddings
+
+    with pytest.raises(ValueError, match="evaluate with the encoder the run used"):
+        evaluate_embeddings(np.ones((20, tiny_encoder.dimension + 1)), ["fruit"] * 20,
+                            _imbalanced_real(), label_columns=["category"], encoder=tiny_encoder)
+
+
+@pytest.mark.parametrize("extension", ["npz", "parquet"])
+def test_command_evaluates_an_embeddings_file(tmp_path, capsys, tiny_encoder, extension):
+    from transforms import synthetic_embeddings
+
+    # The tiny encoder's random weights hardly separate the two vocabularies, so this checks
+    # the plumbing: the accuracy figures of the embedding-space classifier are computed.
+    vectors, labels = _dp_synthetic_embeddings(tiny_encoder, samples=40, sum_noise=0.1)
+    path = synthetic_embeddings.write_embeddings(
+        str(tmp_path / f"synthetic_embeddings.{extension}"), vectors, labels, [0] * len(labels))
+    real = _write_csv(tmp_path / "real.csv", [dict(r, stars="1") for r in _imbalanced_real()])
+    output = tmp_path / "report"
+    code = cli.main(["evaluate", "--synthetic_embeddings", path, "--real", str(real),
+                     "--label_column", "category", "--encoder", "tiny-bert",
+                     "--encoder_sequence_length", "32", "--output", str(output)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    saved = json.loads((output / "evaluation.json").read_text())
+    assert saved["synthetic_kind"] == "embeddings"
+    assert saved["inputs"]["synthetic"]["records"] == 40
+    downstream = saved["downstream"]["category"]
+    assert downstream["trained_on_synthetic"]["train_size"] == 40
+    assert 0.0 <= downstream["trained_on_synthetic"]["accuracy"] <= 1.0
+    assert downstream["trained_on_real"]["accuracy"] is not None
+    page = (output / "evaluation.html").read_text(encoding="utf-8")
+    assert "feature-level" in page and "Lengths" not in page
+    assert "MAUVE" in captured.out
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing", "does not exist"),
+    ("extension", "cannot tell the format of the embeddings file"),
+    ("corrupt", "is not a readable npz file"),
+    ("empty", "holds no embeddings"),
+    ("dimension", "pass the --encoder the run used"),
+])
+def test_command_embeddings_mistakes_are_one_line_and_exit_2(tmp_path, capsys, problem,
+                                                            expected):
+    from transforms import synthetic_embeddings
+
+    real, _ = _command_inputs(tmp_path)
+    path = tmp_path / "synthetic_embeddings.npz"
+    if problem == "extension":
+        path = tmp_path / "synthetic_embeddings.jsonl"
+        path.write_text("{}\n")
+    elif problem == "corrupt":
+        path.write_bytes(b"PK not really a zip")
+    elif problem == "empty":
+        synthetic_embeddings.write_embeddings(str(path), np.zeros((0, 4)), [], [])
+    elif problem == "dimension":
+        synthetic_embeddings.write_embeddings(str(path), np.ones((12, 3)), ["fruit"] * 12,
+                                              [0] * 12)
+    code = cli.main(["evaluate", "--synthetic_embeddings", str(path), "--real", str(real),
+                     "--label_column", "category", "--encoder", "tiny-bert",
+                     "--output", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in error
+    last = error.splitlines()[-1]
+    assert [line for line in error.splitlines() if line.startswith("dpsynth:")] == [last]
+    assert last.startswith("dpsynth: error: ") and expected in last
+
+
+def test_command_needs_exactly_one_synthetic_input(tmp_path, capsys):
+    real, synthetic = _command_inputs(tmp_path)
+    for extra in ([], ["--synthetic", str(synthetic), "--synthetic_embeddings", "x.npz"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["evaluate", "--real", str(real), *extra])
+        assert exit_.value.code == 2
+        assert "--synthetic" in capsys.readouterr().err

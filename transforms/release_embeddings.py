@@ -1,0 +1,138 @@
+"""ReleaseSyntheticEmbeddings: DP synthetic embeddings from DP centres (Beam glue only).
+
+The math lives in transforms/synthetic_embeddings.py. Here each record joins the nearest
+centre of its label, one CombineFn reduces the records to per-cell counts, sums and sums of
+squares (nothing per record reaches a single worker), and one step releases them with
+noise, samples the mixture and writes the file.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from transforms import clustering
+from transforms import synthetic_embeddings as lib
+from transforms.randomness import keyed_generator
+from transforms.read import NAMESPACE
+
+
+class EmbeddingStatsCombineFn(beam.CombineFn):
+    """((label, centre), embedding) -> {cell: [count, sum, sum of squares]}, clipped to norm 1."""
+
+    def create_accumulator(self):
+        return lib.empty_statistics()
+
+    def add_input(self, accumulator, keyed_embedding):
+        cell, embedding = keyed_embedding
+        return lib.add_to_statistics(accumulator, cell, embedding)
+
+    def merge_accumulators(self, accumulators):
+        return lib.merge_statistics(accumulators)
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def label_domain(centres, labels, observed_labels) -> tuple:
+    """The labels whose cells are released: `labels` (the public domain) when given, else the
+    labels of a per-label centres dict, else the observed labels (as transforms/cluster.py)."""
+    if labels is not None:
+        return tuple(labels)
+    if isinstance(centres, dict):
+        return tuple(centres)
+    return tuple(sorted(set(observed_labels), key=lambda x: (x is None, str(x))))
+
+
+def centres_per_label(centres, labels, observed_labels) -> dict:
+    """label -> (K, D) centres, from a per-label dict or one (K, D) array shared by all labels."""
+    domain = label_domain(centres, labels, observed_labels)
+    if isinstance(centres, dict):
+        missing = [label for label in domain if label not in centres]
+        if missing:
+            raise ValueError(f"no centres for the labels {missing}")
+        return {label: np.asarray(centres[label], dtype="float64") for label in domain}
+    shared = np.asarray(centres, dtype="float64")
+    return {label: shared for label in domain}
+
+
+def release_and_sample(statistics: dict, centres: dict, config: lib.EmbeddingReleaseConfig,
+                       secret: str) -> tuple[lib.EmbeddingRelease, lib.Mixture, tuple]:
+    """The noisy release over every (label, centre) cell, its mixture and the samples
+    (vectors, labels, clusters); the noise and the draws are keyed by the run secret."""
+    domain = lib.release_domain(list(centres), centres)
+    # The encoder's dimension (public). Uniform clustering's placeholder centres are (1, 1),
+    # so the records' vectors say it; with no record at all, the centres do.
+    dimension = next((len(total) for _, total, _ in statistics.values()),
+                     next((c.shape[1] for c in centres.values() if len(c)), 0))
+    release = lib.release_statistics(statistics, domain, dimension, config,
+                                     keyed_generator(secret, lib.STAGE, "release"))
+    mixture = lib.mixture_from_release(release, config)
+    samples = lib.sample_mixture(mixture, lib.sample_count(release, config),
+                                 keyed_generator(secret, lib.STAGE, "sample"))
+    return release, mixture, samples
+
+
+class ReleaseSyntheticEmbeddings(beam.PTransform):
+    """{"embedded": (Record, embedding) pairs, "centres": singleton centres} -> {"summary",
+    "written"}.
+
+    `centres`: a dict label -> (K, D) array (DpKMeans' output, or `ClusterRelease.centres`
+    in any clustering mode: uniform's one placeholder centre per label gives one cell per
+    label) or one (K, D) array for every label (public centres). `labels`: the public label domain, or None for the centres dict's
+    labels (or, with a shared array, the observed labels). `output_path` ends in .npz or
+    .parquet. "summary" is a singleton dict (cells released, cells used, samples written,
+    path); "written" a singleton holding the path, complete once the file is written (for
+    PublishOutputs).
+    """
+
+    def __init__(self, config: lib.EmbeddingReleaseConfig, secret: str, output_path: str, *,
+                 labels: tuple | None = None):
+        super().__init__()
+        lib.format_of(output_path)  # a wrong extension fails while the graph is built
+        self._config = config
+        self._secret = secret
+        self._path = output_path
+        self._labels = None if labels is None else tuple(labels)
+
+    def expand(self, inputs):
+        embedded, centres = inputs["embedded"], inputs["centres"]
+        config, secret, path, labels = self._config, self._secret, self._path, self._labels
+        observed = (embedded
+                    | "Labels" >> beam.Map(lambda pair: pair[0].label)
+                    | "DistinctLabels" >> beam.Distinct()
+                    | "LabelList" >> beam.combiners.ToList())
+        per_label = centres | "CentresPerLabel" >> beam.Map(
+            lambda shared, seen: centres_per_label(shared, labels, seen),
+            beam.pvalue.AsSingleton(observed))
+
+        def nearest(pair, centres_by_label):
+            record, embedding = pair
+            label_centres = centres_by_label.get(record.label)
+            if label_centres is None:
+                raise ValueError(f"record {record.record_id} has a label outside the release's "
+                                 "label domain")
+            embedding = lib.clip_to_unit_norm(embedding)[0]
+            index = 0 if len(label_centres) == 1 else int(
+                clustering.nearest_centre(embedding[None, :], label_centres)[0])
+            return (record.label, index), embedding
+
+        written_counter = Metrics.counter(NAMESPACE, "synthetic_embeddings_written")
+
+        def release(statistics, centres_by_label):
+            release_, mixture, (vectors, sample_labels, clusters) = release_and_sample(
+                statistics, centres_by_label, config, secret)
+            lib.write_embeddings(path, vectors, sample_labels, clusters)
+            written_counter.inc(len(vectors))
+            return {"path": path, "cells_released": len(release_.cells),
+                    "cells_used": len(mixture.cells), "samples_written": int(len(vectors)),
+                    "dimension": int(release_.noisy_sums.shape[1]),
+                    "min_count": config.min_count}
+
+        summary = (embedded
+                   | "NearestCentre" >> beam.Map(nearest, beam.pvalue.AsSingleton(per_label))
+                   | "CellStatistics" >> beam.CombineGlobally(EmbeddingStatsCombineFn())
+                   | "ReleaseSampleWrite" >> beam.Map(release, beam.pvalue.AsSingleton(per_label)))
+        written = summary | "WrittenPath" >> beam.Map(lambda s: s["path"])
+        return {"summary": summary, "written": written}

@@ -57,7 +57,8 @@ class DpSynthOptions(PipelineOptions):
                                  "batch from privately aggregated next-token logits), "
                                  "private_evolution (evolve LM-written texts by noisy "
                                  "nearest-neighbour votes of the private records; see --pe_*) "
-                                 "or none (no text: only --output_embeddings)")
+                                 "or none (no text: only the synthetic embeddings of "
+                                 "--output_embeddings)")
         method.add_argument("--clustering", choices=CLUSTERINGS, default="public_centers",
                             help="uniform (one cluster, 2024 method), public_centers (k-means "
                                  "on a public corpus, 2025 method) or dp_kmeans")
@@ -120,6 +121,23 @@ class DpSynthOptions(PipelineOptions):
                                help="prompt for a variation of a member, with {text} (the "
                                     "member) and, with labels, {label}; default: "
                                     "--prompt_template, which asks for another text like it")
+
+        embeddings = parser.add_argument_group("synthetic embeddings (--output_embeddings)")
+        embeddings.add_argument("--output_embeddings", action="store_true",
+                                help="also release DP synthetic embeddings: per cluster of "
+                                     "--clustering (per label) a noisy count, mean and "
+                                     "diagonal second moment, sampled as a Gaussian mixture; "
+                                     "written as synthetic_embeddings.npz or .parquet")
+        embeddings.add_argument("--embeddings_format", choices=("npz", "parquet"),
+                                default="npz", help="file format of the synthetic embeddings")
+        embeddings.add_argument("--embeddings_count_noise", type=float, default=4.0,
+                                help="sigma of the Gaussian noise on each cluster's count")
+        embeddings.add_argument("--embeddings_sum_noise", type=float, default=4.0,
+                                help="sigma of the Gaussian noise on each cluster's sum of "
+                                     "embeddings and on its sum of squared coordinates")
+        embeddings.add_argument("--embeddings_samples", type=int, default=None,
+                                help="synthetic embeddings to draw (default: the noisy number "
+                                     "of records)")
 
         clustering = parser.add_argument_group("clustering")
         clustering.add_argument("--public_input", default=None,

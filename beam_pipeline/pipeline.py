@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import numpy as np
 
 from beam_pipeline.options import LOGIT_AGGREGATION, PRIVATE_EVOLUTION
 from beam_pipeline.plan import GENERATION_STAGE, RunPlan, plan_ledger
 from transforms.assign_to_batches import AssignToBatches, planned_batch_id_list
-from transforms.cluster import PUBLIC_CENTERS, Cluster
+from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, Cluster, DpKMeans
 from transforms.embed import BoundContributions, EmbedRecords
 from transforms.evolve import PrivateEvolution
 from transforms.generate import GenerateSynthetic
 from transforms.public_corpus import GeneratePublicCorpus, PublicCentres
 from transforms.read import REJECTED_TAG, SKIPPED_TAG, ReadRecords
+from transforms.release_embeddings import ReleaseSyntheticEmbeddings
 from transforms.report import WriteReports
-from transforms.write import PublishOutputs, WriteJsonLines, staging_dir
+from transforms.write import PublishOutputs, WriteJsonLines, output_path, staging_dir
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
@@ -42,12 +44,13 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
     written = [read[REJECTED_TAG] | "WriteRejected" >> WriteJsonLines(
         staging, "rejected", lambda r: {"source": r.source, "reason": r.reason,
                                          "raw_excerpt": r.raw_excerpt})]
-    report_inputs = {}
+    report_inputs, centres = {}, None
     if plan.method == LOGIT_AGGREGATION:
         synthetic, release, batches = _logit_aggregation(pipeline, plan, embedded)
         counts += [_count(batches | "Members" >> beam.FlatMap(lambda b: b.members),
                           "records_batched")]
         report_inputs.update(generation=synthetic, release=release)
+        centres = release | "ReleasedCentres" >> beam.Map(lambda r: r.centres)
     elif plan.method == PRIVATE_EVOLUTION:
         evolved = {"embedded": embedded, "observed_labels": _observed_labels(embedded)} \
             | "PrivateEvolution" >> _private_evolution(plan)
@@ -59,6 +62,17 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
         written.append(synthetic | "WriteSynthetic" >> WriteJsonLines(
             staging, "synthetic", lambda r: r.to_output()))
         counts.append(_count(synthetic, "synthetic_records"))
+    if plan.embeddings:
+        if centres is None:
+            centres = _embedding_centres(pipeline, plan, embedded)
+        released = ({"embedded": embedded, "centres": centres}
+                    | "ReleaseSyntheticEmbeddings" >> ReleaseSyntheticEmbeddings(
+                        plan.embeddings, plan.secret,
+                        output_path(staging, f"synthetic_embeddings.{plan.embeddings_format}"),
+                        labels=plan.labels))
+        written.append(released["written"])
+        counts.append(released["summary"] | "EmbeddingsWritten" >> beam.Map(
+            lambda summary: ("synthetic_embeddings", summary["samples_written"])))
     report_inputs["counts"] = counts | "AllCounts" >> beam.Flatten()
     written.append(report_inputs | "WriteReports" >> WriteReports(
         staging, lambda: plan_ledger(plan), generation_stage=GENERATION_STAGE,
@@ -97,11 +111,23 @@ def _private_evolution(plan: RunPlan) -> PrivateEvolution:
         texts_per_call=plan.batches_per_call * (generation.expected_batch_size + 1))
 
 
-def _observed_labels(embedded):
+def _embedding_centres(pipeline, plan: RunPlan, embedded):
+    """The centres of --clustering when no logit aggregation computed them: one placeholder
+    per label (uniform), the public centres, or DP k-means (charged to the embeddings)."""
+    mode = plan.clustering.mode
+    if mode == PUBLIC_CENTERS:
+        return pipeline | "PublicCentres" >> _public_centres(plan)
+    if mode == DP_KMEANS:
+        return embedded | "DpKMeans" >> DpKMeans(plan.clustering, plan.secret,
+                                                 _observed_labels(embedded, "Embeddings"))
+    return pipeline | "OneCentrePerLabel" >> beam.Create([np.zeros((1, 1))])
+
+
+def _observed_labels(embedded, name: str = ""):
     return (embedded
-            | "Labels" >> beam.Map(lambda pair: pair[0].label)
-            | "DistinctLabels" >> beam.Distinct()
-            | "LabelList" >> beam.combiners.ToList())
+            | f"{name}Labels" >> beam.Map(lambda pair: pair[0].label)
+            | f"{name}DistinctLabels" >> beam.Distinct()
+            | f"{name}LabelList" >> beam.combiners.ToList())
 
 
 def _public_centres(plan: RunPlan) -> PublicCentres:
@@ -147,7 +173,17 @@ def report_parameters(plan: RunPlan) -> dict:
                           pe_variation_template=plan.variation_template,
                           temperature=g.temperature, top_k=g.top_k,
                           max_new_tokens=g.max_new_tokens)
+    if plan.embeddings:
+        parameters.update(output_embeddings=plan.embeddings_format,
+                          embeddings_count_noise=plan.embeddings.count_noise,
+                          embeddings_sum_noise=plan.embeddings.sum_noise,
+                          embeddings_samples=plan.embeddings.samples,
+                          embeddings_centres=c.mode)
     if plan.method != LOGIT_AGGREGATION:
+        if plan.embeddings and c.mode == DP_KMEANS:
+            parameters.update(kmeans_clusters=c.kmeans_clusters, kmeans_rounds=c.kmeans_rounds,
+                              kmeans_sum_noise=c.kmeans_sum_noise,
+                              kmeans_count_noise=c.kmeans_count_noise)
         return parameters
     parameters.update({
         "clustering": c.mode, "aggregator": g.aggregator, "batch_size": g.expected_batch_size,

@@ -12,12 +12,14 @@ from beam_pipeline import options as opts
 from transforms.accounting import PrivacyLedger
 from transforms import median_ptr
 from transforms import private_evolution
+from transforms import synthetic_embeddings
 from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, UNIFORM, ClusteringConfig
 from transforms.private_generation import GenerationConfig, check_template
 from transforms.randomness import new_run_secret
 from transforms.records import FORMATS, RecordSchema
 
 GENERATION_STAGE = "generation"
+EMBEDDINGS_STAGE = "synthetic embeddings"
 
 
 class PlanError(ValueError):
@@ -54,6 +56,8 @@ class RunPlan:
     method: str = opts.LOGIT_AGGREGATION
     evolution: private_evolution.EvolutionConfig | None = None
     variation_template: str | None = None
+    embeddings: synthetic_embeddings.EmbeddingReleaseConfig | None = None
+    embeddings_format: str = "npz"
     # Filled in by run.py once the budget ledger has reserved this run's cost.
     lifetime_budget: dict | None = None
 
@@ -100,6 +104,17 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     _require(o.pe_population >= 1, f"--pe_population must be >= 1, got {o.pe_population}")
     _require(o.pe_vote_noise > 0, "--pe_vote_noise must be > 0")
     _require(o.pe_vote_threshold >= 0, "--pe_vote_threshold must be >= 0")
+    _require(o.method != opts.NO_TEXT or o.output_embeddings,
+             "--method none writes no text: add --output_embeddings, or choose a method")
+    embeddings = None
+    if o.output_embeddings:
+        _require(o.embeddings_count_noise > 0 and o.embeddings_sum_noise > 0,
+                 "--embeddings_count_noise and --embeddings_sum_noise must be > 0")
+        _require(o.embeddings_samples is None or o.embeddings_samples >= 1,
+                 "--embeddings_samples must be >= 1")
+        embeddings = synthetic_embeddings.EmbeddingReleaseConfig(
+            count_noise=o.embeddings_count_noise, sum_noise=o.embeddings_sum_noise,
+            samples=o.embeddings_samples)
     _check_budget_options(o)
     labelled = bool(o.label_column)
     template = o.prompt_template or (opts.DEFAULT_TEMPLATE if labelled
@@ -153,7 +168,8 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         target_epsilon=o.target_epsilon, secret=secret, secret_is_fixed=bool(o.run_secret),
         run_id=uuid.uuid4().hex, budget_ledger=o.budget_ledger,
         lifetime_epsilon=o.lifetime_epsilon, privacy_unit_domain=o.privacy_unit_domain,
-        method=o.method, evolution=evolution, variation_template=variation_template)
+        method=o.method, evolution=evolution, variation_template=variation_template,
+        embeddings=embeddings, embeddings_format=o.embeddings_format)
 
 
 def plan_ledger(plan: RunPlan) -> PrivacyLedger:
@@ -167,18 +183,17 @@ def plan_ledger(plan: RunPlan) -> PrivacyLedger:
             private_evolution.STAGE, noise_stddev=evolution.vote_noise, count=evolution.rounds,
             released="noisy histogram of nearest-member votes over the population (one "
                      "vote per record and round)")
+    if plan.embeddings:
+        if plan.method != opts.LOGIT_AGGREGATION and plan.clustering.mode == DP_KMEANS:
+            _record_dp_kmeans(ledger, plan.clustering, EMBEDDINGS_STAGE)
+        synthetic_embeddings.record_release(ledger, EMBEDDINGS_STAGE, plan.embeddings)
     return ledger
 
 
 def _record_logit_aggregation(ledger: PrivacyLedger, plan: RunPlan) -> None:
     clustering = plan.clustering
     if clustering.mode == DP_KMEANS:
-        ledger.record_gaussian("clustering", noise_stddev=clustering.kmeans_sum_noise,
-                               count=clustering.kmeans_rounds,
-                               released="noisy per-centre sum of unit-norm embeddings")
-        ledger.record_gaussian("clustering", noise_stddev=clustering.kmeans_count_noise,
-                               count=clustering.kmeans_rounds,
-                               released="noisy per-centre count (a Lloyd round)")
+        _record_dp_kmeans(ledger, clustering, "clustering")
     released = {UNIFORM: "noisy record count per label",
                 PUBLIC_CENTERS: "noisy histogram over public centres",
                 DP_KMEANS: "noisy histogram over the final centres"}[clustering.mode]
@@ -191,6 +206,15 @@ def _record_logit_aggregation(ledger: PrivacyLedger, plan: RunPlan) -> None:
         expected_batch_size=generation.expected_batch_size,
         gate_noise_scale=generation.gate_noise if generation.public_tokens else None,
         ptr=generation.ptr)
+
+
+def _record_dp_kmeans(ledger: PrivacyLedger, clustering: ClusteringConfig, stage: str) -> None:
+    ledger.record_gaussian(stage, noise_stddev=clustering.kmeans_sum_noise,
+                           count=clustering.kmeans_rounds,
+                           released="noisy per-centre sum of unit-norm embeddings")
+    ledger.record_gaussian(stage, noise_stddev=clustering.kmeans_count_noise,
+                           count=clustering.kmeans_rounds,
+                           released="noisy per-centre count (a Lloyd round)")
 
 
 def check_budget(plan: RunPlan) -> float:

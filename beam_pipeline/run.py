@@ -164,7 +164,10 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
     with FileSystems.open(summary_path) as handle:
         summary = json.loads(handle.read().decode("utf-8"))
     summary["wall_seconds"] = round(elapsed, 1)
-    say(f"dpsynth: done in {elapsed:.0f} s: {summary['synthetic_records']} synthetic records from "
+    made = f"{summary['synthetic_records']} synthetic records"
+    if "synthetic_embeddings" in summary:
+        made += f" and {summary['synthetic_embeddings']} synthetic embeddings"
+    say(f"dpsynth: done in {elapsed:.0f} s: {made} from "
         f"{summary['records_accepted']} records ({summary['records_rejected']} rejected)")
     for note in summary.get("notes", []):
         say(f"dpsynth: note: {note}")

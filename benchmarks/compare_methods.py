@@ -44,11 +44,14 @@ PTR_SVT_SHARE = 0.25           # the stability test's epsilon, as a share of the
 # Private Evolution: T rounds over a population of M texts; the vote threshold is one
 # noise standard deviation, so a member needs votes to beat noise alone most of the time.
 PE_ROUNDS, PE_POPULATION = 3, 32
+# DP synthetic embeddings: one noise sigma for every release; dp_kmeans with K centres per
+# label and R Lloyd rounds (uniform: one Gaussian per label, no k-means).
+EMBEDDING_CLUSTERS, EMBEDDING_ROUNDS = 2, 2
 METHODS = ("uniform+mean", "public_centers+mean", "public_centers+median",
            "dp_kmeans+median", "public_centers+median_ptr", "private_evolution",
-           "non_private")
-CALIBRATED = ("+mean", "+median_ptr", "private_evolution")
-NOISE_CALIBRATED = ("private_evolution",)
+           "uniform+embeddings", "dp_kmeans+embeddings", "non_private")
+CALIBRATED = ("+mean", "+median_ptr", "private_evolution", "+embeddings")
+NOISE_CALIBRATED = ("private_evolution", "uniform+embeddings", "dp_kmeans+embeddings")
 
 
 def main(argv=None) -> int:
@@ -190,6 +193,22 @@ def _method_arguments(method, target, args, delta):
                 "--pe_population", str(PE_POPULATION), "--pe_vote_noise", repr(sigma),
                 "--pe_vote_threshold", repr(sigma), "--target_epsilon", repr(target)], sigma
     clustering, aggregator = method.split("+")
+    if aggregator == "embeddings":
+        kmeans = clustering == "dp_kmeans"
+        releases = 3 + (2 * EMBEDDING_ROUNDS if kmeans else 0)
+        sigma = accounting.calibrate_gaussian_noise(target_epsilon=target, delta=delta,
+                                                    releases=releases)
+        # As many embeddings as the text methods write texts (n / s): MAUVE and the
+        # classifiers then see equal sample sizes.
+        arguments = ["--method", "none", "--output_embeddings", "--clustering", clustering,
+                     "--embeddings_samples", str(max(1, args.private_records // BATCH_SIZE)),
+                     "--embeddings_count_noise", repr(sigma), "--embeddings_sum_noise",
+                     repr(sigma), "--target_epsilon", repr(target)]
+        if kmeans:
+            arguments += ["--kmeans_clusters", str(EMBEDDING_CLUSTERS), "--kmeans_rounds",
+                          str(EMBEDDING_ROUNDS), "--kmeans_sum_noise", repr(sigma),
+                          "--kmeans_count_noise", repr(sigma)]
+        return arguments, sigma
     arguments = ["--clustering", clustering, "--aggregator", aggregator]
     if aggregator == "median":
         return arguments + ["--clip", str(MEDIAN_CLIP), "--histogram_noise", "2"], MEDIAN_CLIP
@@ -231,6 +250,9 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
     synthetic = []
     for path in sorted(out.glob("synthetic-*.jsonl")):
         synthetic += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    if method.endswith("+embeddings"):
+        from transforms.synthetic_embeddings import read_embeddings
+        synthetic = read_embeddings(str(out / "synthetic_embeddings.npz"))
     ex_post = report["ex_post"].get("generation")
     tokens = report["tokens"].get("generation", {})
     return {"method": method, "epsilon_target": target,
@@ -238,7 +260,9 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
             "epsilon_ex_post_max": ex_post["total_epsilon"]["max"] if ex_post else None,
             "epsilon_ex_post_median": ex_post["total_epsilon"]["p50"] if ex_post else None,
             "median_tokens": tokens.get("median_tokens"), "tokens": tokens.get("tokens"),
-            "synthetic": synthetic, "synthetic_count": len(synthetic), "wall_seconds": wall,
+            "synthetic": synthetic,
+            "synthetic_count": len(synthetic[0] if isinstance(synthetic, tuple) else synthetic),
+            "wall_seconds": wall,
             ("noise_multiplier" if method in NOISE_CALIBRATED else "clip"): clip,
             "output": str(out)}
 
@@ -288,15 +312,23 @@ def _non_private(args, private_rows) -> list[dict]:
 
 
 def _quality(synthetic, real_rows, private_rows, encoder, *, seed) -> dict:
+    from evaluation.embeddings import evaluate_embeddings
     from evaluation.evaluate import evaluate
 
-    usable = [r for r in synthetic if r["text"].strip()]
-    if not usable:
-        return {"mauve": None, "category_accuracy": None, "stars_accuracy": None,
-                "evaluation": {"reason": "no non-empty synthetic text"}}
-    result = evaluate(usable, real_rows, label_columns=[LABEL_COLUMN, STARS_COLUMN],
-                      synthetic_label_column=LABEL_COLUMN, encoder=encoder, seed=seed,
-                      private_records=private_rows)
+    common = dict(label_columns=[LABEL_COLUMN, STARS_COLUMN], synthetic_label_column=LABEL_COLUMN,
+                  encoder=encoder, seed=seed, private_records=private_rows)
+    if isinstance(synthetic, tuple):  # (vectors, labels): synthetic embeddings
+        vectors, labels = synthetic
+        if not len(vectors):
+            return {"mauve": None, "category_accuracy": None, "stars_accuracy": None,
+                    "evaluation": {"reason": "no synthetic embedding"}}
+        result = evaluate_embeddings(vectors, labels, real_rows, **common)
+    else:
+        usable = [r for r in synthetic if r["text"].strip()]
+        if not usable:
+            return {"mauve": None, "category_accuracy": None, "stars_accuracy": None,
+                    "evaluation": {"reason": "no non-empty synthetic text"}}
+        result = evaluate(usable, real_rows, **common)
     downstream = result["downstream"]
     return {
         "mauve": result["mauve"].get("score"),
@@ -306,6 +338,7 @@ def _quality(synthetic, real_rows, private_rows, encoder, *, seed) -> dict:
         "stars_accuracy": downstream[STARS_COLUMN]["trained_on_synthetic"].get("accuracy"),
         "stars_accuracy_real": downstream[STARS_COLUMN]["trained_on_real"].get("accuracy"),
         "copied_8gram_fraction": result["memorisation"].get("copied_fraction"),
+        "mauve_sample_size": result["mauve"].get("sample_size"),
         "evaluation": result,
     }
 

@@ -57,16 +57,24 @@ def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
     assert compare_methods.main([
         "--data", str(data), "--private_records", "48", "--real_records", "40",
         "--lm", "tiny-llama3", "--encoder", "tiny-bert", "--max_new_tokens", "3",
-        "--epsilons", "3", "--methods", "private_evolution",
+        "--epsilons", "3", "--methods",
+        "private_evolution,uniform+embeddings,dp_kmeans+embeddings",
         "--keep_rows_from", str(out / "compare.json"), "--output", str(more)]) == 0
     merged = json.loads((more / "compare.json").read_text())["rows"]
     assert [(r["method"], r["epsilon_target"]) for r in merged] == [
         (r["method"], r["epsilon_target"]) for r in rows[:4]] + [
-        ("private_evolution", 3.0), ("non_private", None)]
-    evolution = merged[4]
-    assert 0.9 * 3 <= evolution["epsilon_formal"] <= 3 + 1e-6
-    assert evolution["synthetic_count"] == compare_methods.PE_POPULATION
-    assert evolution["noise_multiplier"] > 0
+        ("private_evolution", 3.0), ("uniform+embeddings", 3.0),
+        ("dp_kmeans+embeddings", 3.0), ("non_private", None)]
+    for row in merged[4:7]:
+        assert 0.9 * 3 <= row["epsilon_formal"] <= 3 + 1e-6
+        assert row["noise_multiplier"] > 0
+    assert merged[4]["synthetic_count"] == compare_methods.PE_POPULATION
+    for row in merged[5:7]:
+        # As many embeddings as n / s, scored like the texts: MAUVE and a category classifier.
+        assert row["synthetic_count"] == 48 // 8
+        assert row["evaluation"]["synthetic_kind"] == "embeddings"
+        assert row["evaluation"]["mauve"]["sample_size"] == 48 // 8  # too few for a score
+        assert row["category_accuracy"] is not None
 
 
 def test_throughput_prints_the_ratios(tmp_path, capsys):

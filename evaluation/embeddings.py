@@ -84,22 +84,9 @@ def evaluate_embeddings(vectors: np.ndarray, labels: Sequence[str | None],
     mauve["real_vs_real"] = evaluate_lib._real_reference(
         real_vectors, mauve["sample_size"], seed=seed, num_buckets=mauve_buckets)
 
-    downstream = {}
-    for column in label_columns:
-        say(f"downstream classifier for {column!r}")
-        downstream[column] = evaluate_lib._downstream(
-            column, synthetic, vectors, pool, pool_vectors, test, test_vectors, seed=seed,
-            baseline_source="private" if private is not None else "real")
-
-    label_figures = {}
-    for column in label_columns:
-        synthetic_distribution = metrics.label_distribution(
-            [r["labels"][column] for r in synthetic])
-        real_distribution = metrics.label_distribution([r["labels"][column] for r in real])
-        label_figures[column] = {
-            "synthetic": synthetic_distribution, "real": real_distribution,
-            "total_variation": metrics.total_variation(synthetic_distribution["shares"],
-                                                       real_distribution["shares"])}
+    downstream, label_figures = evaluate_lib.per_label_column_figures(
+        label_columns, synthetic, vectors, real, pool, pool_vectors, test, test_vectors,
+        seed=seed, baseline_source="private" if private is not None else "real", say=say)
 
     return {
         "synthetic_kind": "embeddings",

@@ -85,23 +85,10 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
     mauve["real_vs_real"] = _real_reference(real_vectors, mauve["sample_size"], seed=seed,
                                             num_buckets=mauve_buckets)
 
-    downstream = {}
-    for column in label_columns:
-        say(f"downstream classifier for {column!r}")
-        downstream[column] = _downstream(column, synthetic, synthetic_vectors, pool, pool_vectors,
-                                         test, test_vectors, seed=seed,
-                                         baseline_source="private" if private is not None
-                                         else "real")
-
-    labels = {}
-    for column in label_columns:
-        synthetic_distribution = metrics.label_distribution(
-            [r["labels"][column] for r in synthetic])
-        real_distribution = metrics.label_distribution([r["labels"][column] for r in real])
-        labels[column] = {
-            "synthetic": synthetic_distribution, "real": real_distribution,
-            "total_variation": metrics.total_variation(synthetic_distribution["shares"],
-                                                       real_distribution["shares"])}
+    downstream, labels = per_label_column_figures(
+        label_columns, synthetic, synthetic_vectors, real, pool, pool_vectors, test,
+        test_vectors, seed=seed, baseline_source="private" if private is not None else "real",
+        say=say)
 
     if private is not None:
         say(f"memorisation check against {len(private)} private records")
@@ -165,6 +152,25 @@ def _real_reference(real_vectors, sample_size, *, seed, num_buckets):
     reference = metrics.mauve_score(real_vectors[order[:size]], real_vectors[order[size:2 * size]],
                                     seed=seed, num_buckets=num_buckets)
     return {key: reference[key] for key in ("score", "sample_size", "num_buckets")}
+
+
+def per_label_column_figures(label_columns, synthetic, synthetic_vectors, real, pool,
+                             pool_vectors, test, test_vectors, *, seed, baseline_source, say):
+    """(downstream accuracies, label distributions), each keyed by label column."""
+    downstream, labels = {}, {}
+    for column in label_columns:
+        say(f"downstream classifier for {column!r}")
+        downstream[column] = _downstream(column, synthetic, synthetic_vectors, pool, pool_vectors,
+                                         test, test_vectors, seed=seed,
+                                         baseline_source=baseline_source)
+        synthetic_distribution = metrics.label_distribution(
+            [r["labels"][column] for r in synthetic])
+        real_distribution = metrics.label_distribution([r["labels"][column] for r in real])
+        labels[column] = {
+            "synthetic": synthetic_distribution, "real": real_distribution,
+            "total_variation": metrics.total_variation(synthetic_distribution["shares"],
+                                                       real_distribution["shares"])}
+    return downstream, labels
 
 
 def _downstream(column, synthetic, synthetic_vectors, pool, pool_vectors, test, test_vectors, *,

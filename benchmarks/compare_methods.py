@@ -136,6 +136,9 @@ def _parser():
     parser.add_argument("--encoder", default="minilm-l6")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(REPO / "results"))
+    parser.add_argument("--embeddings_samples", type=int, default=None,
+                        help="synthetic embeddings drawn by the embedding methods (default "
+                             "n / s, as many as the text methods write; more cost no privacy)")
     parser.add_argument("--keep_rows_from", default=None,
                         help="an earlier compare.json: its rows of methods not in --methods "
                              "join this run's table (same split and settings assumed)")
@@ -198,10 +201,11 @@ def _method_arguments(method, target, args, delta):
         releases = 3 + (2 * EMBEDDING_ROUNDS if kmeans else 0)
         sigma = accounting.calibrate_gaussian_noise(target_epsilon=target, delta=delta,
                                                     releases=releases)
-        # As many embeddings as the text methods write texts (n / s): MAUVE and the
-        # classifiers then see equal sample sizes.
+        # By default as many embeddings as the text methods write texts (n / s): MAUVE and
+        # the classifiers then see equal sample sizes.
+        samples = args.embeddings_samples or max(1, args.private_records // BATCH_SIZE)
         arguments = ["--method", "none", "--output_embeddings", "--clustering", clustering,
-                     "--embeddings_samples", str(max(1, args.private_records // BATCH_SIZE)),
+                     "--embeddings_samples", str(samples),
                      "--embeddings_count_noise", repr(sigma), "--embeddings_sum_noise",
                      repr(sigma), "--target_epsilon", repr(target)]
         if kmeans:

@@ -416,8 +416,11 @@ def _plot(rows, path: Path) -> None:
                 continue
             points.sort()
             marker = "s" if method.endswith("+median") else "o"
+            embeddings = method.endswith("+embeddings")
             line, = axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker,
+                              linestyle=":" if embeddings else "-",
                               label=method + (" (formal bound)" if method.endswith("+median")
+                                              else " (embeddings, feature-level)" if embeddings
                                               else ""))
             ex_post = [(r["epsilon_ex_post_max"], r.get(metric)) for r in rows
                        if r["method"] == method and r.get("epsilon_ex_post_max")

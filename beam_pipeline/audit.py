@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipeline.options import NO_TEXT
 from beam_pipeline.plan import check_budget, make_plan
 from beam_pipeline.run import pipeline_options, preflight, run
 from evaluation import audit as measures
@@ -60,6 +61,9 @@ def run_audit(run_argv: list[str], settings: AuditSettings, *,
     """Runs the audit; returns the audit result (also written to the report directory)."""
     _check_settings(settings)
     plan = make_plan(pipeline_options(run_argv))
+    if plan.method == NO_TEXT:
+        raise AuditError("the audit looks for canaries in synthetic text, and --method none "
+                         "writes none: audit a run that writes text")
     check_budget(plan)
     preflight(plan)
     report_dir = settings.report or (os.path.join(plan.output, "audit")

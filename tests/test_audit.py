@@ -267,6 +267,7 @@ def test_audit_command_on_tiny_models(tmp_path, capsys):
     (["--canary_repeats", "x"], "--canary_repeats"),
     (["--seed", "-1"], "--seed"),
     (["--batch_size", "1"], "--batch_size"),
+    (["--method", "none", "--output_embeddings"], "--method none"),
 ])
 def test_audit_mistakes_are_one_line_and_exit_2(tmp_path, capsys, extra, expected):
     source = write_reviews_csv(tmp_path / "reviews.csv", n=8)

@@ -172,3 +172,45 @@ def test_private_evolution_end_to_end_on_tiny_models(tmp_path):
     again = tmp_path / "again"
     run(tiny_args(tmp_path / "in.csv", again, *arguments), say=lambda line: None)
     assert read_jsonl(again, "synthetic") == synthetic  # same secret, same release
+
+
+def test_label_quotas_keep_every_label_and_share_the_rest_by_votes_exhaustively():
+    # Every weight vector over 4 members in 2 or 3 labels, weights in {0, 1, 3}, populations
+    # 3..7: one member per label at least, the total is the population, and each label's
+    # extra members are its share of the spare places rounded by largest remainders.
+    checked = 0
+    for member_labels in (("a", "a", "b", "b"), ("a", "b", "c", "a")):
+        labels = list(dict.fromkeys(member_labels))
+        for weights in itertools.product((0.0, 1.0, 3.0), repeat=4):
+            for population in range(len(labels), 8):
+                quotas = pe.label_quotas(member_labels, np.array(weights), population)
+                assert list(quotas) == labels and sum(quotas.values()) == population
+                totals = np.array([sum(w for l, w in zip(member_labels, weights) if l == x)
+                                   for x in labels])
+                shares = (totals / totals.sum() if totals.sum() else
+                          np.full(len(labels), 1 / len(labels)))
+                spare = population - len(labels)
+                for label, share in zip(labels, shares):
+                    assert abs(quotas[label] - 1 - share * spare) < 1
+                checked += 1
+    assert checked == 81 * 6 + 81 * 5
+    with pytest.raises(ValueError):
+        pe.label_quotas(("a", "b", "c"), np.ones(3), 2)
+
+
+def test_redraw_by_label_draws_each_quota_among_the_labels_own_members():
+    rng = np.random.default_rng(4)
+    member_labels = ["a", "a", "a", "b", "b"]
+    noisy = np.array([10.0, 5.0, -2.0, -1.0, -3.0])   # label b has no vote above 0
+    counts = np.zeros(5)
+    for _ in range(4000):
+        drawn = pe.redraw_by_label(member_labels, noisy, 0.0, 10, rng)
+        assert len(drawn) == 10 and np.all(np.diff(drawn) >= 0)
+        # b keeps one member although it got no vote; a takes the 9 others.
+        assert np.sum(drawn >= 3) == 1
+        counts += np.bincount(drawn, minlength=5)
+    # Within a: 10 : 5 : 0; within b: uniform (no member clears the threshold).
+    np.testing.assert_allclose(counts[:3] / counts[:3].sum(), [2 / 3, 1 / 3, 0.0], atol=0.01)
+    np.testing.assert_allclose(counts[3:] / counts[3:].sum(), [0.5, 0.5], atol=0.03)
+    # Fewer places than labels: one redraw over all members.
+    assert len(pe.redraw_by_label(["a", "b", "c"], np.ones(3), 0.0, 2, rng)) == 2

@@ -170,8 +170,8 @@ class PrivateEvolution(beam.PTransform):
                                       config.population)
             rng = keyed_generator(secret, pe.STAGE, "votes", round_index)
             noisy = pe.noisy_votes(exact, config.vote_noise, rng)
-            weights = pe.selection_weights(noisy, config.vote_threshold)
-            drawn = pe.redraw(weights, config.population, rng)
+            drawn = pe.redraw_by_label([m.label for m in members], noisy,
+                                       config.vote_threshold, config.population, rng)
             survivors = [Member(position, members[parent].label, members[parent].text,
                                 parent=int(parent)) for position, parent in enumerate(drawn)]
             summary = {"round": round_index + 1,

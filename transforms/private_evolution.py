@@ -13,9 +13,11 @@ together) by 1 in L2. Each round is one Gaussian release of sensitivity 1;
 everything else (resampling, variations, the initial population) is
 post-processing of those releases or public.
 
-With labels, a record votes only among members of its own label, and the
-redraw is over the whole population: the labels' shares follow the noisy
-votes, so they track the data's label mix.
+With labels, a record votes only among members of its own label. The redraw
+first shares the population among the labels in proportion to their noisy
+votes, each label keeping at least one member (so a label never dies out and
+its records always have someone to vote for), then draws each label's members
+among its own.
 """
 
 from __future__ import annotations
@@ -96,3 +98,40 @@ def selection_weights(noisy: np.ndarray, threshold: float) -> np.ndarray:
 def redraw(weights: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """`size` population indices drawn with replacement, sorted (their order is irrelevant)."""
     return np.sort(rng.choice(len(weights), size=size, replace=True, p=weights))
+
+
+def label_quotas(member_labels, weights: np.ndarray, population: int) -> dict:
+    """How many members each label gets: one each, the rest shared in proportion to the
+    labels' total weight by largest remainders (ties to the earlier label). Equal shares
+    when no label has weight. Needs population >= the number of labels."""
+    labels = list(dict.fromkeys(member_labels))
+    if population < len(labels):
+        raise ValueError(f"a population of {population} cannot keep {len(labels)} labels")
+    totals = np.array([sum(w for l, w in zip(member_labels, weights) if l == label)
+                       for label in labels], dtype="float64")
+    shares = totals / totals.sum() if totals.sum() > 0 else np.full(len(labels), 1 / len(labels))
+    spare = population - len(labels)
+    exact = shares * spare
+    quotas = np.floor(exact).astype(int)
+    remainders = exact - quotas
+    for position in sorted(range(len(labels)), key=lambda i: (-remainders[i], i))[
+            :spare - int(quotas.sum())]:
+        quotas[position] += 1
+    return {label: 1 + int(quota) for label, quota in zip(labels, quotas)}
+
+
+def redraw_by_label(member_labels, noisy: np.ndarray, threshold: float, population: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """`population` indices: each label's quota (`label_quotas` of the votes above the
+    threshold) drawn with replacement among that label's members by `selection_weights`.
+    With more labels than members, one redraw over all members instead."""
+    member_labels = list(member_labels)
+    above = np.maximum(np.asarray(noisy, dtype="float64") - threshold, 0.0)
+    if population < len(set(member_labels)):
+        return redraw(selection_weights(noisy, threshold), population, rng)
+    drawn = []
+    for label, quota in label_quotas(member_labels, above, population).items():
+        members = np.array([i for i, l in enumerate(member_labels) if l == label])
+        weights = selection_weights(np.asarray(noisy)[members], threshold)
+        drawn.append(members[rng.choice(len(members), size=quota, replace=True, p=weights)])
+    return np.sort(np.concatenate(drawn))

@@ -49,7 +49,7 @@ PE_ROUNDS, PE_POPULATION = 3, 32
 EMBEDDING_CLUSTERS, EMBEDDING_ROUNDS = 2, 2
 METHODS = ("uniform+mean", "public_centers+mean", "public_centers+median",
            "dp_kmeans+median", "public_centers+median_ptr", "private_evolution",
-           "uniform+embeddings", "dp_kmeans+embeddings", "non_private")
+           "uniform+embeddings", "dp_kmeans+embeddings", "public_prompt", "non_private")
 CALIBRATED = ("+mean", "+median_ptr", "private_evolution", "+embeddings")
 NOISE_CALIBRATED = ("private_evolution", "uniform+embeddings", "dp_kmeans+embeddings")
 
@@ -235,10 +235,12 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
     name = method if target is None else f"{method}@{target:g}"
     out = output / "compare" / name.replace("+", "_").replace("@", "_eps")
     started = time.time()
-    if method == "non_private":
-        synthetic = _non_private(args, private_rows)
+    if method in ("non_private", "public_prompt"):
+        synthetic = (_non_private if method == "non_private" else _public_prompt)(
+            args, private_rows)
         wall = time.time() - started
-        return {"method": method, "epsilon_target": None, "epsilon_formal": math.inf,
+        return {"method": method, "epsilon_target": None,
+                "epsilon_formal": math.inf if method == "non_private" else 0.0,
                 "epsilon_ex_post_max": None, "synthetic": synthetic,
                 "synthetic_count": len(synthetic), "wall_seconds": wall, "clip": None}
     from beam_pipeline.run import run
@@ -271,44 +273,48 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
             "output": str(out)}
 
 
-class SampleOwnPrompt:
-    """Non-private sampling: the next token from the request's one prompt, with the
-    same top-k and temperature as the private runs, keyed by (secret, key, step)."""
+def sample_own_prompt(key: str, *, secret: str):
+    """Non-private sampling: the next token from the request's one prompt, with the same
+    top-k and temperature as the private runs."""
+    from transforms.private_generation import PublicSamplingChooser
 
-    def __init__(self, key: str, *, secret: str):
-        self.key, self._secret = key, secret
-
-    def choose(self, step, logits):
-        from transforms import aggregation
-        from transforms.randomness import keyed_generator
-
-        row = logits[0]
-        masked = aggregation.apply_mask(row, aggregation.top_k_mask(row, TOP_K))
-        return aggregation.sample_token(masked, TEMPERATURE,
-                                        keyed_generator(self._secret, self.key, step))
+    return PublicSamplingChooser(temperature=TEMPERATURE, secret=secret, sample_id=key,
+                                 top_k=TOP_K)
 
 
 def _non_private(args, private_rows) -> list[dict]:
     """One sampled continuation per seed prompt, for as many seeds as a private run has
     batches (n / s): the same LM, template, temperature and top-k, no aggregation."""
+    rng = random.Random(args.seed)
+    seeds = rng.sample(private_rows, max(1, len(private_rows) // BATCH_SIZE))
+    return _sample(args, [(row["text"][:args.max_chars], row[LABEL_COLUMN]) for row in seeds],
+                   secret="non-private")
+
+
+def _public_prompt(args, private_rows) -> list[dict]:
+    """As many texts from the public prompt (the template with empty text) alone, the
+    categories in turn: what every private method gets for free (epsilon 0)."""
+    count = max(1, len(private_rows) // BATCH_SIZE)
+    return _sample(args, [("", CATEGORY_LABELS[i % len(CATEGORY_LABELS)])
+                          for i in range(count)], secret="public-prompt")
+
+
+def _sample(args, texts_and_labels, *, secret) -> list[dict]:
     from offline_models.joint_decoding import GenerationRequest, generate_jointly
     from offline_models.loading import load_causal_lm
     from transforms.private_generation import render_prompt
 
     lm = load_causal_lm(args.lm)
-    rng = random.Random(args.seed)
-    seeds = rng.sample(private_rows, max(1, len(private_rows) // BATCH_SIZE))
     requests = [GenerationRequest(
-        key=index, prompts=[render_prompt(YELP_TEMPLATE, row["text"][:args.max_chars],
-                                          row[LABEL_COLUMN])],
-        chooser=SampleOwnPrompt(str(index), secret="non-private"),
+        key=index, prompts=[render_prompt(YELP_TEMPLATE, text, label)],
+        chooser=sample_own_prompt(str(index), secret=secret),
         max_new_tokens=args.max_new_tokens,
-        stop_text="\n\n") for index, row in enumerate(seeds)]
+        stop_text="\n\n") for index, (text, label) in enumerate(texts_and_labels)]
     synthetic = []
     for start in range(0, len(requests), 8):
         for result in generate_jointly(lm, requests[start:start + 8]):
             text = result.text.split("\n\n")[0]
-            synthetic.append({"text": text, "label": seeds[result.key][LABEL_COLUMN]})
+            synthetic.append({"text": text, "label": texts_and_labels[result.key][1]})
     return synthetic
 
 
@@ -411,8 +417,10 @@ def _plot(rows, path: Path) -> None:
                       if r["method"] == method and r.get(metric) is not None]
             if not points:
                 continue
-            if method == "non_private":
-                axis.axhline(points[0][1], linestyle="--", color="grey", label="non-private")
+            if method in ("non_private", "public_prompt"):
+                axis.axhline(points[0][1], linestyle="--" if method == "non_private" else ":",
+                             color="grey", label=method.replace("_", "-") + (
+                                 " (epsilon 0)" if method == "public_prompt" else ""))
                 continue
             points.sort()
             marker = "s" if method.endswith("+median") else "o"

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from beam_pipeline.demo import DEFAULT_INPUT, YELP_TEMPLATE  # noqa: E402
-from benchmarks.compare_methods import SampleOwnPrompt  # noqa: E402
+from benchmarks.compare_methods import sample_own_prompt  # noqa: E402
 
 BATCH_SIZE, NEW_TOKENS, BATCHES_PER_CALL, MAX_CHARS = 8, 32, 8, 500
 
@@ -111,7 +111,7 @@ def _generation(args, texts) -> None:
     def plain_requests(clock):
         return [GenerationRequest(
             key=batch, prompts=[render_prompt(YELP_TEMPLATE, seeds[batch * BATCH_SIZE], label)],
-            chooser=_TimedChooser(SampleOwnPrompt(str(batch), secret="plain"), clock),
+            chooser=_TimedChooser(sample_own_prompt(str(batch), secret="plain"), clock),
             max_new_tokens=NEW_TOKENS, stop_text=None) for batch in range(args.batches)]
 
     def timed(make_requests):

@@ -31,26 +31,28 @@ def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
     code = compare_methods.main([
         "--data", str(data), "--private_records", "48", "--real_records", "40",
         "--lm", "tiny-llama3", "--encoder", "tiny-bert", "--max_new_tokens", "3",
-        "--epsilons", "3,10", "--methods", "uniform+mean,public_centers+median_ptr,non_private",
+        "--epsilons", "3,10", "--methods",
+        "uniform+mean,public_centers+median_ptr,public_prompt,non_private",
         "--output", str(out)])
     assert code == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [(r["method"], r["epsilon_target"]) for r in rows] == [
         ("uniform+mean", 3.0), ("uniform+mean", 10.0),
         ("public_centers+median_ptr", 3.0), ("public_centers+median_ptr", 10.0),
-        ("non_private", None)]
+        ("public_prompt", None), ("non_private", None)]
     for row in rows[:4]:
         # Calibrated to the target: formal epsilon at most the target, and close to it.
         assert 0.9 * row["epsilon_target"] <= row["epsilon_formal"] <= row["epsilon_target"] + 1e-6
         assert row["synthetic_count"] >= 1
     assert rows[-1]["epsilon_formal"] == "inf" and rows[-1]["synthetic_count"] == 48 // 8
+    assert rows[-2]["epsilon_formal"] == 0.0 and rows[-2]["synthetic_count"] == 48 // 8
     assert (out / "compare.png").stat().st_size > 0
     table = capsys.readouterr().out
     assert "eps formal" in table and "public_centers+median_ptr @10" in table
     # The table can be printed again from the JSON alone.
     assert compare_methods.main(["--table_from", str(out / "compare.json")]) == 0
     again = capsys.readouterr().out
-    assert again.splitlines()[0].startswith("method") and len(again.splitlines()) == 2 + 5
+    assert again.splitlines()[0].startswith("method") and len(again.splitlines()) == 2 + 6
 
     # A later run of Private Evolution joins the earlier rows, in method order.
     more = tmp_path / "more"
@@ -64,7 +66,7 @@ def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
     assert [(r["method"], r["epsilon_target"]) for r in merged] == [
         (r["method"], r["epsilon_target"]) for r in rows[:4]] + [
         ("private_evolution", 3.0), ("uniform+embeddings", 3.0),
-        ("dp_kmeans+embeddings", 3.0), ("non_private", None)]
+        ("dp_kmeans+embeddings", 3.0), ("public_prompt", None), ("non_private", None)]
     for row in merged[4:7]:
         assert 0.9 * 3 <= row["epsilon_formal"] <= 3 + 1e-6
         assert row["noise_multiplier"] > 0

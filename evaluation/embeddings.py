@@ -39,12 +39,8 @@ def evaluate_embeddings(vectors: np.ndarray, labels: Sequence[str | None],
     `vectors` (N, D) must have the encoder's dimension D; `labels` one label (or None) per row.
     """
     say = say or (lambda line: None)
-    label_columns = list(label_columns)
-    if synthetic_label_column is None and label_columns:
-        synthetic_label_column = label_columns[0]
-    if synthetic_label_column is not None and synthetic_label_column not in label_columns:
-        raise ValueError(f"synthetic_label_column {synthetic_label_column!r} is not one of the "
-                         f"label columns {label_columns}")
+    label_columns, synthetic_label_column = evaluate_lib.label_columns_of(
+        label_columns, synthetic_label_column)
     vectors = np.asarray(vectors, dtype=np.float32)
     labels = [evaluate_lib._label_value(label) for label in labels]
     if vectors.ndim != 2 or len(vectors) != len(labels):

@@ -51,12 +51,8 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
     `encoder` is anything with `embed(texts) -> (n, d) float array` (a SentenceEncoder).
     """
     say = say or (lambda line: None)
-    label_columns = list(label_columns)
-    if synthetic_label_column is None and label_columns:
-        synthetic_label_column = label_columns[0]
-    if synthetic_label_column is not None and synthetic_label_column not in label_columns:
-        raise ValueError(f"synthetic_label_column {synthetic_label_column!r} is not one of the "
-                         f"label columns {label_columns}")
+    label_columns, synthetic_label_column = label_columns_of(label_columns,
+                                                             synthetic_label_column)
     synthetic = _normalise(synthetic_records, label_columns, synthetic_label_column)
     real = _normalise(real_records, label_columns, None)
     private = None if private_records is None else _normalise(private_records, label_columns, None)
@@ -152,6 +148,18 @@ def _real_reference(real_vectors, sample_size, *, seed, num_buckets):
     reference = metrics.mauve_score(real_vectors[order[:size]], real_vectors[order[size:2 * size]],
                                     seed=seed, num_buckets=num_buckets)
     return {key: reference[key] for key in ("score", "sample_size", "num_buckets")}
+
+
+def label_columns_of(label_columns, synthetic_label_column):
+    """(the label columns as a list, the one the synthetic side carries: by default the
+    first); raises ValueError when that one is not among them."""
+    label_columns = list(label_columns)
+    if synthetic_label_column is None and label_columns:
+        synthetic_label_column = label_columns[0]
+    if synthetic_label_column is not None and synthetic_label_column not in label_columns:
+        raise ValueError(f"synthetic_label_column {synthetic_label_column!r} is not one of the "
+                         f"label columns {label_columns}")
+    return label_columns, synthetic_label_column
 
 
 def per_label_column_figures(label_columns, synthetic, synthetic_vectors, real, pool,

@@ -408,7 +408,7 @@ def _plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 5.5))
     for metric, axis, title in (("mauve", axes[0], "MAUVE (higher is better)"),
                                 ("category_accuracy", axes[1],
                                  "category accuracy, trained on synthetic")):
@@ -440,9 +440,12 @@ def _plot(rows, path: Path) -> None:
         axis.set_xscale("log")
         axis.set_xlabel("epsilon (formal; hollow squares: ex-post, not formal)")
         axis.set_title(title)
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=7)
-    figure.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    bottom = 0.0
+    if handles:  # below both plots, where it hides no point
+        figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+        bottom = 0.05 + 0.035 * math.ceil(len(handles) / 3)
+    figure.tight_layout(rect=(0, bottom, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 

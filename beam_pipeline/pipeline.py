@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import apache_beam as beam
-import numpy as np
 
 from beam_pipeline.options import LOGIT_AGGREGATION, PRIVATE_EVOLUTION
 from beam_pipeline.plan import GENERATION_STAGE, RunPlan, plan_ledger
 from transforms.assign_to_batches import AssignToBatches, planned_batch_id_list
-from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, Cluster, DpKMeans
+from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, Cluster, DpKMeans, ObservedLabels
 from transforms.embed import BoundContributions, EmbedRecords
 from transforms.evolve import PrivateEvolution
 from transforms.generate import GenerateSynthetic
@@ -44,16 +43,16 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
     written = [read[REJECTED_TAG] | "WriteRejected" >> WriteJsonLines(
         staging, "rejected", lambda r: {"source": r.source, "reason": r.reason,
                                          "raw_excerpt": r.raw_excerpt})]
-    report_inputs, centres = {}, None
+    report_inputs = {}
     if plan.method == LOGIT_AGGREGATION:
         synthetic, release, batches = _logit_aggregation(pipeline, plan, embedded)
         counts += [_count(batches | "Members" >> beam.FlatMap(lambda b: b.members),
                           "records_batched")]
         report_inputs.update(generation=synthetic, release=release)
-        centres = release | "ReleasedCentres" >> beam.Map(lambda r: r.centres)
     elif plan.method == PRIVATE_EVOLUTION:
-        evolved = {"embedded": embedded, "observed_labels": _observed_labels(embedded)} \
-            | "PrivateEvolution" >> _private_evolution(plan)
+        evolved = ({"embedded": embedded,
+                    "observed_labels": embedded | "ObservedLabels" >> ObservedLabels()}
+                   | "PrivateEvolution" >> _private_evolution(plan))
         synthetic = evolved["population"]
         report_inputs.update(rounds=evolved["rounds"])
     else:
@@ -63,7 +62,10 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
             staging, "synthetic", lambda r: r.to_output()))
         counts.append(_count(synthetic, "synthetic_records"))
     if plan.embeddings:
-        if centres is None:
+        if "release" in report_inputs:  # the clustering's centres serve the embeddings too
+            centres = report_inputs["release"] | "ReleasedCentres" >> beam.Map(
+                lambda r: r.centres)
+        else:
             centres = _embedding_centres(pipeline, plan, embedded)
         released = ({"embedded": embedded, "centres": centres}
                     | "ReleaseSyntheticEmbeddings" >> ReleaseSyntheticEmbeddings(
@@ -118,16 +120,9 @@ def _embedding_centres(pipeline, plan: RunPlan, embedded):
     if mode == PUBLIC_CENTERS:
         return pipeline | "PublicCentres" >> _public_centres(plan)
     if mode == DP_KMEANS:
-        return embedded | "DpKMeans" >> DpKMeans(plan.clustering, plan.secret,
-                                                 _observed_labels(embedded, "Embeddings"))
-    return pipeline | "OneCentrePerLabel" >> beam.Create([np.zeros((1, 1))])
-
-
-def _observed_labels(embedded, name: str = ""):
-    return (embedded
-            | f"{name}Labels" >> beam.Map(lambda pair: pair[0].label)
-            | f"{name}DistinctLabels" >> beam.Distinct()
-            | f"{name}LabelList" >> beam.combiners.ToList())
+        return embedded | "DpKMeans" >> DpKMeans(
+            plan.clustering, plan.secret, embedded | "EmbeddingsLabels" >> ObservedLabels())
+    return pipeline | "OneCentrePerLabel" >> beam.Create([None])
 
 
 def _public_centres(plan: RunPlan) -> PublicCentres:
@@ -179,11 +174,11 @@ def report_parameters(plan: RunPlan) -> dict:
                           embeddings_sum_noise=plan.embeddings.sum_noise,
                           embeddings_samples=plan.embeddings.samples,
                           embeddings_centres=c.mode)
+    if c.mode == DP_KMEANS and (plan.method == LOGIT_AGGREGATION or plan.embeddings):
+        parameters.update(kmeans_clusters=c.kmeans_clusters, kmeans_rounds=c.kmeans_rounds,
+                          kmeans_sum_noise=c.kmeans_sum_noise,
+                          kmeans_count_noise=c.kmeans_count_noise)
     if plan.method != LOGIT_AGGREGATION:
-        if plan.embeddings and c.mode == DP_KMEANS:
-            parameters.update(kmeans_clusters=c.kmeans_clusters, kmeans_rounds=c.kmeans_rounds,
-                              kmeans_sum_noise=c.kmeans_sum_noise,
-                              kmeans_count_noise=c.kmeans_count_noise)
         return parameters
     parameters.update({
         "clustering": c.mode, "aggregator": g.aggregator, "batch_size": g.expected_batch_size,
@@ -200,8 +195,4 @@ def report_parameters(plan: RunPlan) -> dict:
         parameters.update(public_centers=plan.public_centers, kept_centers=c.kept_centers,
                           public_corpus=plan.public_input or
                           f"{plan.public_corpus_size} texts from the public prompt")
-    if c.mode == "dp_kmeans":
-        parameters.update(kmeans_clusters=c.kmeans_clusters, kmeans_rounds=c.kmeans_rounds,
-                          kmeans_sum_noise=c.kmeans_sum_noise,
-                          kmeans_count_noise=c.kmeans_count_noise)
     return parameters

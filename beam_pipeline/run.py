@@ -119,14 +119,12 @@ def reserve_budget(plan, epsilon: float):
 def describe_method(plan) -> str:
     if plan.method == PRIVATE_EVOLUTION:
         e = plan.evolution
-        text = (f"private evolution, {e.rounds} round(s), population {e.population}, "
+        return (f"private evolution, {e.rounds} round(s), population {e.population}, "
                 f"vote noise {e.vote_noise:.4g}")
-    elif plan.method == LOGIT_AGGREGATION:
-        text = (f"{plan.clustering.mode} + {plan.generation.aggregator}, "
+    if plan.method == LOGIT_AGGREGATION:
+        return (f"{plan.clustering.mode} + {plan.generation.aggregator}, "
                 f"s={plan.generation.expected_batch_size}")
-    else:
-        text = "no text"
-    return text
+    return "no text"
 
 
 def run(argv, *, say=print, wait: bool = True) -> dict:

@@ -50,7 +50,7 @@ class ClusterRelease:
 
     def cluster_of(self, label, embedding) -> tuple:
         usable = self.usable[label]
-        return label, int(usable[_nearest_index(embedding, self.centres[label][usable])])
+        return label, int(usable[nearest_index(embedding, self.centres[label][usable])])
 
 
 class ClusterStatsCombineFn(beam.CombineFn):
@@ -82,14 +82,42 @@ class ClusterStatsCombineFn(beam.CombineFn):
         return accumulator
 
 
-def _label_domain(config: ClusteringConfig, observed_labels) -> tuple:
-    """The public label domain, or the observed labels when none was given."""
-    if config.labels is not None:
-        return tuple(config.labels)
+def label_domain(labels, observed_labels) -> tuple:
+    """The public label domain `labels`, or the observed labels, sorted, when it is None."""
+    if labels is not None:
+        return tuple(labels)
     return tuple(sorted(set(observed_labels), key=lambda x: (x is None, str(x))))
 
 
-def _nearest_index(embedding, centres) -> int:
+def _label_domain(config: ClusteringConfig, observed_labels) -> tuple:
+    return label_domain(config.labels, observed_labels)
+
+
+def centres_by_label(centres, domain) -> dict:
+    """label -> (K, D) centres for every label of `domain`, from None (uniform: one
+    placeholder centre per label), a per-label dict, or one (K, D) array for all labels."""
+    if centres is None:
+        return {label: np.zeros((1, 1)) for label in domain}
+    if isinstance(centres, dict):
+        missing = [label for label in domain if label not in centres]
+        if missing:
+            raise ValueError(f"no centres for the labels {missing}")
+        return {label: np.asarray(centres[label], dtype="float64") for label in domain}
+    shared = np.asarray(centres, dtype="float64")
+    return {label: shared for label in domain}
+
+
+class ObservedLabels(beam.PTransform):
+    """(record, embedding) pairs -> a singleton list of the distinct labels they carry."""
+
+    def expand(self, embedded):
+        return (embedded
+                | "Labels" >> beam.Map(lambda pair: pair[0].label)
+                | "DistinctLabels" >> beam.Distinct()
+                | "LabelList" >> beam.combiners.ToList())
+
+
+def nearest_index(embedding, centres) -> int:
     # One centre (uniform clustering's placeholder among them) needs no distance.
     if len(centres) == 1:
         return 0
@@ -143,10 +171,7 @@ class Cluster(beam.PTransform):
 
     def expand(self, embedded):
         config, secret = self._config, self._secret
-        observed_labels = (embedded
-                           | "Labels" >> beam.Map(lambda pair: pair[0].label)
-                           | "DistinctLabels" >> beam.Distinct()
-                           | "LabelList" >> beam.combiners.ToList())
+        observed_labels = embedded | "ObservedLabels" >> ObservedLabels()
         if config.mode == UNIFORM:
             centres = embedded.pipeline | "NoCentres" >> beam.Create([None])
         elif config.mode == PUBLIC_CENTERS:
@@ -154,21 +179,15 @@ class Cluster(beam.PTransform):
         else:
             centres = embedded | "DpKMeans" >> DpKMeans(config, secret, observed_labels)
 
-        def per_label_centres(shared, labels_seen):
-            labels = _label_domain(config, labels_seen)
-            if shared is None:  # uniform: one cluster per label
-                return {label: np.zeros((1, 1)) for label in labels}
-            if isinstance(shared, dict):
-                return shared
-            return {label: shared for label in labels}
-
         label_centres = (centres
                          | "CentresPerLabel" >> beam.Map(
-                             per_label_centres, beam.pvalue.AsSingleton(observed_labels)))
+                             lambda shared, seen: centres_by_label(
+                                 shared, _label_domain(config, seen)),
+                             beam.pvalue.AsSingleton(observed_labels)))
 
         def nearest_of_all(pair, centres_by_label):
             record, embedding = pair
-            return (record.label, _nearest_index(embedding, centres_by_label[record.label])), \
+            return (record.label, nearest_index(embedding, centres_by_label[record.label])), \
                 embedding
 
         stats = (embedded
@@ -240,7 +259,7 @@ class DpKMeans(beam.PTransform):
         for round_index in range(config.kmeans_rounds):
             stats = (embedded
                      | f"Assign {round_index}" >> beam.Map(
-                         lambda pair, c: ((pair[0].label, _nearest_index(pair[1], c[pair[0].label])),
+                         lambda pair, c: ((pair[0].label, nearest_index(pair[1], c[pair[0].label])),
                                           pair[1]),
                          beam.pvalue.AsSingleton(centres))
                      | f"SumsAndCounts {round_index}" >> beam.CombineGlobally(

@@ -18,6 +18,7 @@ from apache_beam.metrics import Metrics
 
 from offline_models.joint_decoding import GenerationRequest
 from transforms import private_evolution as pe
+from transforms.cluster import label_domain
 from transforms.embed import EmbedRecords
 from transforms.model_handlers import GenerateInFixedCalls
 from transforms.private_generation import PublicSamplingChooser, render_prompt
@@ -117,8 +118,7 @@ class PrivateEvolution(beam.PTransform):
         config, labels = self._config, self._labels
 
         def first_members(_, seen):
-            domain = labels if labels is not None else sorted(
-                set(seen), key=lambda x: (x is None, str(x)))
+            domain = label_domain(labels, seen)
             return [Member(index, label, "") for index, label in
                     enumerate(pe.initial_labels(domain or [None], config.population))]
 

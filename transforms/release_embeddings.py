@@ -9,11 +9,10 @@ noise, samples the mixture and writes the file.
 from __future__ import annotations
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms import clustering
 from transforms import synthetic_embeddings as lib
+from transforms.cluster import ObservedLabels, centres_by_label, label_domain, nearest_index
 from transforms.randomness import keyed_generator
 from transforms.read import NAMESPACE
 
@@ -33,28 +32,6 @@ class EmbeddingStatsCombineFn(beam.CombineFn):
 
     def extract_output(self, accumulator):
         return accumulator
-
-
-def label_domain(centres, labels, observed_labels) -> tuple:
-    """The labels whose cells are released: `labels` (the public domain) when given, else the
-    labels of a per-label centres dict, else the observed labels (as transforms/cluster.py)."""
-    if labels is not None:
-        return tuple(labels)
-    if isinstance(centres, dict):
-        return tuple(centres)
-    return tuple(sorted(set(observed_labels), key=lambda x: (x is None, str(x))))
-
-
-def centres_per_label(centres, labels, observed_labels) -> dict:
-    """label -> (K, D) centres, from a per-label dict or one (K, D) array shared by all labels."""
-    domain = label_domain(centres, labels, observed_labels)
-    if isinstance(centres, dict):
-        missing = [label for label in domain if label not in centres]
-        if missing:
-            raise ValueError(f"no centres for the labels {missing}")
-        return {label: np.asarray(centres[label], dtype="float64") for label in domain}
-    shared = np.asarray(centres, dtype="float64")
-    return {label: shared for label in domain}
 
 
 def release_and_sample(statistics: dict, centres: dict, config: lib.EmbeddingReleaseConfig,
@@ -78,10 +55,11 @@ class ReleaseSyntheticEmbeddings(beam.PTransform):
     """{"embedded": (Record, embedding) pairs, "centres": singleton centres} -> {"summary",
     "written"}.
 
-    `centres`: a dict label -> (K, D) array (DpKMeans' output, or `ClusterRelease.centres`
-    in any clustering mode: uniform's one placeholder centre per label gives one cell per
-    label) or one (K, D) array for every label (public centres). `labels`: the public label domain, or None for the centres dict's
-    labels (or, with a shared array, the observed labels). `output_path` ends in .npz or
+    `centres`: what `transforms.cluster.centres_by_label` takes: a dict label -> (K, D)
+    array (DpKMeans' output, or `ClusterRelease.centres` in any clustering mode), one (K, D)
+    array for every label (public centres), or None (uniform: one cell per label).
+    `labels`: the public label domain, or None for the observed labels (the same labels,
+    in the same order, as a release of transforms/cluster.py). `output_path` ends in .npz or
     .parquet. "summary" is a singleton dict (cells released, cells used, samples written,
     path); "written" a singleton holding the path, complete once the file is written (for
     PublishOutputs).
@@ -99,12 +77,9 @@ class ReleaseSyntheticEmbeddings(beam.PTransform):
     def expand(self, inputs):
         embedded, centres = inputs["embedded"], inputs["centres"]
         config, secret, path, labels = self._config, self._secret, self._path, self._labels
-        observed = (embedded
-                    | "Labels" >> beam.Map(lambda pair: pair[0].label)
-                    | "DistinctLabels" >> beam.Distinct()
-                    | "LabelList" >> beam.combiners.ToList())
+        observed = embedded | "ObservedLabels" >> ObservedLabels()
         per_label = centres | "CentresPerLabel" >> beam.Map(
-            lambda shared, seen: centres_per_label(shared, labels, seen),
+            lambda shared, seen: centres_by_label(shared, label_domain(labels, seen)),
             beam.pvalue.AsSingleton(observed))
 
         def nearest(pair, centres_by_label):
@@ -114,9 +89,7 @@ class ReleaseSyntheticEmbeddings(beam.PTransform):
                 raise ValueError(f"record {record.record_id} has a label outside the release's "
                                  "label domain")
             embedding = lib.clip_to_unit_norm(embedding)[0]
-            index = 0 if len(label_centres) == 1 else int(
-                clustering.nearest_centre(embedding[None, :], label_centres)[0])
-            return (record.label, index), embedding
+            return (record.label, nearest_index(embedding, label_centres)), embedding
 
         written_counter = Metrics.counter(NAMESPACE, "synthetic_embeddings_written")
 

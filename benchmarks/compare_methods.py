@@ -203,7 +203,7 @@ def _method_arguments(method, target, args, delta):
                                                     releases=releases)
         # By default as many embeddings as the text methods write texts (n / s): MAUVE and
         # the classifiers then see equal sample sizes.
-        samples = args.embeddings_samples or max(1, args.private_records // BATCH_SIZE)
+        samples = args.embeddings_samples or _texts_of_a_run(args.private_records)
         arguments = ["--method", "none", "--output_embeddings", "--clustering", clustering,
                      "--embeddings_samples", str(samples),
                      "--embeddings_count_noise", repr(sigma), "--embeddings_sum_noise",
@@ -282,11 +282,16 @@ def sample_own_prompt(key: str, *, secret: str):
                                  top_k=TOP_K)
 
 
+def _texts_of_a_run(private_records: int) -> int:
+    """n / s: about as many texts as a logit-aggregation run writes (one per batch)."""
+    return max(1, private_records // BATCH_SIZE)
+
+
 def _non_private(args, private_rows) -> list[dict]:
     """One sampled continuation per seed prompt, for as many seeds as a private run has
     batches (n / s): the same LM, template, temperature and top-k, no aggregation."""
     rng = random.Random(args.seed)
-    seeds = rng.sample(private_rows, max(1, len(private_rows) // BATCH_SIZE))
+    seeds = rng.sample(private_rows, _texts_of_a_run(len(private_rows)))
     return _sample(args, [(row["text"][:args.max_chars], row[LABEL_COLUMN]) for row in seeds],
                    secret="non-private")
 
@@ -294,7 +299,7 @@ def _non_private(args, private_rows) -> list[dict]:
 def _public_prompt(args, private_rows) -> list[dict]:
     """As many texts from the public prompt (the template with empty text) alone, the
     categories in turn: what every private method gets for free (epsilon 0)."""
-    count = max(1, len(private_rows) // BATCH_SIZE)
+    count = _texts_of_a_run(len(private_rows))
     return _sample(args, [("", CATEGORY_LABELS[i % len(CATEGORY_LABELS)])
                           for i in range(count)], secret="public-prompt")
 

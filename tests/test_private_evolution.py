@@ -35,14 +35,14 @@ def _histogram(records, index: _PopulationIndex, population: int) -> np.ndarray:
 def _population(rng, labels=("a", "b"), size=5, dimension=3):
     members = [Member(i, labels[i % len(labels)], f"t{i}") for i in range(size)]
     vectors = _unit(rng.normal(size=(size, dimension)))
-    return _PopulationIndex.of(list(zip(members, vectors)), size)
+    return _PopulationIndex.of(list(zip(members, vectors)))
 
 
 def test_nearest_member_is_the_closest_of_the_records_label_by_brute_force():
     rng = np.random.default_rng(0)
     members = [Member(i, "ab"[i % 2], "") for i in range(7)]
     vectors = _unit(rng.normal(size=(7, 4)))
-    index = _PopulationIndex.of(list(zip(members, vectors)), 7)
+    index = _PopulationIndex.of(list(zip(members, vectors)))
     for _ in range(200):
         label = "ab"[int(rng.integers(2))]
         x = _unit(rng.normal(size=(1, 4)))[0]

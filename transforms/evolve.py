@@ -70,17 +70,16 @@ class VoteCountsCombineFn(beam.CombineFn):
 class _PopulationIndex:
     """Member vectors per label, for the nearest-member search on every worker."""
     by_label: dict          # label -> (population indices, (m, d) vectors)
-    size: int
 
     @classmethod
-    def of(cls, embedded_members, population: int):
+    def of(cls, embedded_members):
         grouped = {}
         for member, vector in sorted(embedded_members, key=lambda pair: pair[0].index):
             grouped.setdefault(member.label, []).append((member.index, vector))
         by_label = {label: (np.array([i for i, _ in pairs], dtype=np.int64),
                             np.stack([v for _, v in pairs]).astype("float64"))
                     for label, pairs in grouped.items()}
-        return cls(by_label=by_label, size=population)
+        return cls(by_label=by_label)
 
     def nearest(self, label, embedding):
         indices, vectors = self.by_label.get(label, (np.zeros(0, np.int64), None))
@@ -126,7 +125,7 @@ class PrivateEvolution(beam.PTransform):
                  | "InitialLabels" >> beam.FlatMap(first_members,
                                                    beam.pvalue.AsSingleton(observed_labels)))
         population = seeds | "InitialPopulation" >> self._generate(
-            "initial", self._template, round_index=None)
+            self._template, round_index=None)
         summaries = []
         for round_index in range(config.rounds):
             population, summary = self._round(embedded, population, round_index)
@@ -150,8 +149,7 @@ class PrivateEvolution(beam.PTransform):
                  | f"{name} CollectPopulation" >> beam.combiners.ToList()
                  | f"{name} PopulationIndex" >> beam.Map(
                      lambda pairs: _PopulationIndex.of(
-                         [(_member_of(record), vector) for record, vector in pairs],
-                         config.population)))
+                         [(_member_of(record), vector) for record, vector in pairs])))
 
         def vote(pair, population_index):
             record, embedding = pair
@@ -188,10 +186,10 @@ class PrivateEvolution(beam.PTransform):
         survivors = released | f"{name} Survivors" >> beam.FlatMap(lambda pair: pair[0])
         summary = released | f"{name} Summary" >> beam.Map(lambda pair: pair[1])
         varied = survivors | f"{name} Variations" >> self._generate(
-            name, self._variation_template, round_index=round_index)
+            self._variation_template, round_index=round_index)
         return varied, summary
 
-    def _generate(self, name, template, *, round_index):
+    def _generate(self, template, *, round_index):
         return _GenerateMembers(
             lm=self._lm, template=template, secret=self._secret, stop_text=self._stop_text,
             max_new_tokens=self._max_new_tokens, temperature=self._temperature,

@@ -31,6 +31,7 @@ from beam_pipeline.options import NO_TEXT
 from beam_pipeline.plan import check_budget, make_plan
 from beam_pipeline.run import pipeline_options, preflight, run
 from evaluation import audit as measures
+from transforms.write import read_json_lines
 from evaluation import memorisation
 from transforms import records as records_lib
 from transforms.read import DUPLICATE_ID_REASON
@@ -104,7 +105,7 @@ def run_audit(run_argv: list[str], settings: AuditSettings, *,
         if settings.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    synthetic = _read_synthetic(plan.output)
+    synthetic = read_json_lines(plan.output, "synthetic")
     with FileSystems.open(FileSystems.join(plan.output, "privacy_report.json")) as handle:
         privacy = json.loads(handle.read().decode("utf-8"))
     result = measure(
@@ -308,16 +309,6 @@ def _redacted(argv: list[str]) -> list[str]:
         else:
             shown.append(argument)
     return shown
-
-
-def _read_synthetic(output: str) -> list[dict]:
-    pattern = FileSystems.join(output, "synthetic-*-of-*.jsonl")
-    records = []
-    for metadata in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
-        with FileSystems.open(metadata.path) as handle:
-            records += [json.loads(line) for line in handle.read().decode("utf-8").splitlines()
-                        if line.strip()]
-    return records
 
 
 def _check_settings(settings: AuditSettings) -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from beam_pipeline.run import configure_logging, run
+from transforms.write import read_json_lines
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "yelp" / "dev.csv"
@@ -46,9 +47,7 @@ def run_demo(*, input_path: Path, output: Path, records: int, secret: str | None
     print(f"Outputs in {output}:")
     for path in sorted(output.iterdir()):
         print(f"  {path.name}")
-    synthetic = []
-    for path in sorted(output.glob("synthetic-*.jsonl")):
-        synthetic += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    synthetic = read_json_lines(str(output), "synthetic")
     examples = sorted((r for r in synthetic if r["text"].strip()),
                       key=lambda r: -len(r["text"]))[:3]
     print("\nThree synthetic records:")

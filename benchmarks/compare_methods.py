@@ -253,12 +253,12 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
         say=lambda line: print(f"  {line}", flush=True))
     wall = time.time() - started
     report = json.loads((out / "privacy_report.json").read_text())
-    synthetic = []
-    for path in sorted(out.glob("synthetic-*.jsonl")):
-        synthetic += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     if method.endswith("+embeddings"):
         from transforms.synthetic_embeddings import read_embeddings
         synthetic = read_embeddings(str(out / "synthetic_embeddings.npz"))
+    else:
+        from transforms.write import read_json_lines
+        synthetic = read_json_lines(str(out), "synthetic")
     ex_post = report["ex_post"].get("generation")
     tokens = report["tokens"].get("generation", {})
     return {"method": method, "epsilon_target": target,

@@ -41,6 +41,7 @@ from typing import Sequence
 import numpy as np
 
 from evaluation.memorisation import COPY_NGRAM, CopyIndex, words
+from transforms.clustering import normalise_rows
 
 CANARY_WORDS = 12
 NEAR_VERBATIM_RATIO = 0.5
@@ -198,8 +199,7 @@ def similarity_scores(queries: np.ndarray, synthetic: np.ndarray, *, chunk: int 
 def _unit(vectors: np.ndarray) -> np.ndarray:
     if vectors.ndim != 2:
         vectors = vectors.reshape(len(vectors), -1)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    return normalise_rows(vectors)
 
 
 def auc(member_scores: Sequence[float], non_member_scores: Sequence[float]) -> float | None:

@@ -276,8 +276,6 @@ def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
     if synthetic_label_column is not None and synthetic_label_column not in label_columns:
         raise data.InputError(f"--synthetic_label_column {synthetic_label_column!r} must be one "
                               "of the --label_column names")
-    if synthetic_label_column is None and label_columns:
-        synthetic_label_column = label_columns[0]
     if synthetic_embeddings is not None:
         synthetic_file, synthetic_vectors = _read_embeddings_file(synthetic_embeddings)
     else:

@@ -54,6 +54,17 @@ class WriteJsonLines(beam.PTransform):
                 | "Write" >> beam.Map(write))
 
 
+def read_json_lines(output_dir: str, name: str) -> list[dict]:
+    """What `WriteJsonLines` wrote as `name` into `output_dir` (local or gs://), in shard order."""
+    pattern = output_path(output_dir, f"{name}-*-of-*.jsonl")
+    records = []
+    for metadata in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
+        with FileSystems.open(metadata.path) as handle:
+            records += [json.loads(line) for line in handle.read().decode("utf-8").splitlines()
+                        if line.strip()]
+    return records
+
+
 def publish(staging: str, output_dir: str) -> list[str]:
     """Moves every file of `staging` into `output_dir`; safe to repeat after a partial move."""
     published = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from offline_models import registry
@@ -189,3 +191,13 @@ class DpSynthOptions(PipelineOptions):
                             help="tokens the encoder reads per text")
         models.add_argument("--generation_batches_per_call", type=int, default=8,
                             help="DP batches advanced together by one model call per step")
+
+
+def option_actions():
+    """(group title, argparse action) for every dpsynth option, in --help order: what the
+    Dataflow template's metadata and flag handling are generated from."""
+    parser = argparse.ArgumentParser(add_help=False)
+    DpSynthOptions._add_argparse_args(parser)
+    for group in parser._action_groups:
+        for action in group._group_actions:
+            yield group.title, action

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from beam_pipeline import options
 from beam_pipeline.options import DpSynthOptions
 from beam_pipeline.run import run
 from tests.pipeline_fixtures import read_jsonl, tiny_args, write_reviews_csv
@@ -29,9 +30,7 @@ def load(path: Path, name: str):
 
 
 def option_actions() -> dict:
-    parser = argparse.ArgumentParser(add_help=False)
-    DpSynthOptions._add_argparse_args(parser)
-    return {a.dest: a for a in parser._actions}
+    return {action.dest: action for _, action in options.option_actions()}
 
 
 def committed_metadata() -> dict:

@@ -16,11 +16,9 @@ from beam_pipeline import cli
 
 
 def flag_names() -> set[str]:
-    from beam_pipeline.options import DpSynthOptions
+    from beam_pipeline.options import option_actions
 
-    parser = argparse.ArgumentParser(add_help=False)
-    DpSynthOptions._add_argparse_args(parser)
-    return {action.dest for action in parser._actions
+    return {action.dest for _, action in option_actions()
             if isinstance(action, argparse._StoreTrueAction)}
 
 

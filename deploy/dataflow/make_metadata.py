@@ -22,17 +22,6 @@ INTEGER_REGEX = r"^-?[0-9]+$"
 FLOAT_REGEX = r"^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 
 
-def option_actions():
-    """(group title, argparse action) for every dpsynth option, in --help order."""
-    from beam_pipeline.options import DpSynthOptions
-
-    parser = argparse.ArgumentParser(add_help=False)
-    DpSynthOptions._add_argparse_args(parser)
-    for group in parser._action_groups:
-        for action in group._group_actions:
-            yield group.title, action
-
-
 def parameter_type(action) -> str:
     if isinstance(action, argparse._StoreTrueAction):
         return "BOOLEAN"
@@ -64,6 +53,8 @@ def parameter(group: str, action) -> dict:
 
 
 def metadata() -> dict:
+    from beam_pipeline.options import option_actions
+
     return {
         "name": "dpsynth",
         "description": "Differentially private synthetic text from private LM inference: reads "

@@ -214,21 +214,12 @@ def read_usable_records(plan) -> tuple[list, dict]:
         file_format = records_lib.format_of(path, plan.input_format)
         with FileSystems.open(path) as handle:
             data = handle.read()
-        name = path.rsplit("/", 1)[-1]
-        for row_number, row in records_lib.iter_rows(data, file_format,
-                                                     plan.schema.text_column):
-            source = f"{name}:{row_number}" if row_number else name
-            if isinstance(row, records_lib.Rejected):
-                rejected[row.reason] = rejected.get(row.reason, 0) + 1
-                continue
-            record = records_lib.to_record(row, source, plan.schema)
-            if isinstance(record, records_lib.Record) and labels is not None \
-                    and record.label not in labels:
-                record = records_lib.Rejected(source, "label not in --label_values")
+        for row, record in records_lib.parse_rows(path, data, plan.schema, file_format):
+            record = records_lib.within_label_values(record, labels)
             if isinstance(record, records_lib.Record) and plan.schema.id_column:
                 key = (record.unit, record.record_id)
                 if key in seen_ids:
-                    record = records_lib.Rejected(source, DUPLICATE_ID_REASON)
+                    record = records_lib.Rejected(record.source, DUPLICATE_ID_REASON)
                 seen_ids.add(key)
             if isinstance(record, records_lib.Rejected):
                 rejected[record.reason] = rejected.get(record.reason, 0) + 1

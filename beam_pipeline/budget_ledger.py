@@ -97,15 +97,11 @@ def composed_epsilon(events, delta: float, mechanism_delta: float = 0.0) -> floa
     (median_ptr's stability tests, summed over runs); the rest converts the
     composed curve. The accountant is the privacy ledger's, so every event a
     run records composes here the same way."""
-    accountant = accounting.rdp_accountant()
-    delta -= mechanism_delta
-    if delta <= 0:
+    if delta - mechanism_delta <= 0:
         raise BudgetExhausted(
             f"the runs' stability tests already spend delta {mechanism_delta:.3g}, all of "
             "this run's --delta: raise --delta or stop using median_ptr in this domain")
-    for event in events:
-        accountant.compose(event)
-    return float(accountant.get_epsilon(delta))
+    return accounting.events_epsilon(events, delta - mechanism_delta)
 
 
 # ------------------------------------------------------------- the ledger
@@ -232,20 +228,6 @@ def set_status(path: str, domain: str, run_id: str, status: str, store=None) -> 
 
 def read_ledger(path: str) -> dict:
     return (open_store(path)).read()[0]
-
-
-def summary(path: str, domain: str, delta: float) -> dict:
-    """Runs and cumulative epsilon of one domain, as recorded."""
-    state = read_ledger(path)
-    entry = state["domains"].get(domain)
-    if not entry:
-        return {"privacy_unit_domain": domain, "runs": 0, "cumulative_epsilon": 0.0}
-    events = [event_from_json(run["dp_event"]) for run in entry["runs"]]
-    return {"privacy_unit_domain": domain, "runs": len(events),
-            "lifetime_epsilon": entry["lifetime_epsilon"],
-            "cumulative_epsilon": composed_epsilon(
-                events, delta, sum(float(run.get("mechanism_delta", 0.0))
-                                   for run in entry["runs"])) if events else 0.0}
 
 
 # ------------------------------------------------------------- storage

@@ -7,11 +7,11 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from offline_models import registry
+from transforms import aggregation, median_ptr
 
 DEFAULT_TEMPLATE = "Review ({label}):\n{text}\n\nAnother review ({label}):\n"
 DEFAULT_UNLABELLED_TEMPLATE = "Review:\n{text}\n\nAnother review:\n"
 CLUSTERINGS = ("uniform", "public_centers", "dp_kmeans")
-AGGREGATORS = ("mean", "median", "median_ptr")
 LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT = "logit_aggregation", "private_evolution", "none"
 METHODS = (LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT)
 
@@ -64,7 +64,7 @@ class DpSynthOptions(PipelineOptions):
         method.add_argument("--clustering", choices=CLUSTERINGS, default="public_centers",
                             help="uniform (one cluster, 2024 method), public_centers (k-means "
                                  "on a public corpus, 2025 method) or dp_kmeans")
-        method.add_argument("--aggregator", choices=AGGREGATORS, default="median",
+        method.add_argument("--aggregator", choices=aggregation.RULES, default="median",
                             help="clipped mean (formal guarantee), coordinate-wise median "
                                  "(ex-post guarantee, reported beside its formal worst case) or "
                                  "median_ptr (the median behind a private stability test: formal "
@@ -99,7 +99,7 @@ class DpSynthOptions(PipelineOptions):
                             help="median_ptr: epsilon of the one sparse-vector stability test "
                                  "per sequence; larger passes more often (the threshold is set "
                                  "from half of --delta)")
-        method.add_argument("--ptr_fallback", choices=("mean", "stop"), default="mean",
+        method.add_argument("--ptr_fallback", choices=median_ptr.FALLBACKS, default="mean",
                             help="median_ptr: after a failed test, continue with the clipped "
                                  "mean (charged the larger of the two costs) or stop the text")
         method.add_argument("--prompt_template", default=None,

@@ -82,7 +82,7 @@ def preflight(plan) -> None:
             handle.write(b"ok")
         storage.delete(probe)
     except Exception as error:  # noqa: BLE001
-        raise PlanError(f"cannot write to --output {plan.output} ({_first_line(error)}): "
+        raise PlanError(f"cannot write to --output {plan.output} ({storage.first_line(error)}): "
                         "choose a directory you can write to") from None
 
 
@@ -90,7 +90,7 @@ def _require_match(option: str, pattern: str) -> list[str]:
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as error:  # noqa: BLE001 - any filesystem error means a bad path here
-        raise PlanError(f"cannot read {option} {pattern}: {_first_line(error)}") from None
+        raise PlanError(f"cannot read {option} {pattern}: {storage.first_line(error)}") from None
     if not matched:
         raise PlanError(f"{option} {pattern} matches no file")
     return [metadata.path for metadata in matched]
@@ -180,12 +180,7 @@ def _mark(plan, status: str) -> None:
         budget_ledger.set_status(plan.budget_ledger, plan.privacy_unit_domain, plan.run_id, status)
     except Exception as error:  # noqa: BLE001 - the job's own outcome matters more
         logging.warning("could not mark run %s %s in %s: %s", plan.run_id, status,
-                        plan.budget_ledger, _first_line(error))
-
-
-def _first_line(error) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+                        plan.budget_ledger, storage.first_line(error))
 
 
 class _DropBeamNoise(logging.Filter):

@@ -23,7 +23,6 @@ from transforms import aggregation, median_ptr
 ADJACENCY = "adding or removing one privacy unit"
 EX_POST_LABEL = ("ex-post (data-dependent, Ligett et al. 2017): the realised "
                  "cost of this run's data, NOT a formal (epsilon, delta) guarantee")
-RULES = ("mean", "median", "median_ptr")
 
 
 class PrivacyBudgetError(ValueError):
@@ -69,7 +68,8 @@ def rdp_accountant() -> dp_accounting.rdp.RdpAccountant:
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
 
 
-def _epsilon(events: Iterable[dp_accounting.DpEvent], delta: float) -> float:
+def events_epsilon(events: Iterable[dp_accounting.DpEvent], delta: float) -> float:
+    """Epsilon at `delta` of `events` composed by the ledger's Renyi accountant."""
     accountant = rdp_accountant()
     for event in events:
         accountant.compose(event)
@@ -138,7 +138,7 @@ def token_entry(stage: str, *, rule: str, clip: float, temperature: float,
             ex_post_replaceable=True)
     if rule == "median_ptr":
         raise ValueError("median_ptr has a test and a token entry: use median_ptr_entries.")
-    raise ValueError(f"Unknown aggregation rule {rule!r}; use one of {RULES}.")
+    raise ValueError(f"Unknown aggregation rule {rule!r}; use one of {aggregation.RULES}.")
 
 
 def median_ptr_entries(stage: str, *, clip: float, temperature: float,
@@ -332,7 +332,7 @@ class PrivacyLedger:
         events = [e.event for e in self._entries if stage in (None, e.stage)]
         if stage is not None and not events:
             raise KeyError(f"No stage {stage!r} in the ledger.")
-        return _epsilon(events, self.accountant_delta)
+        return events_epsilon(events, self.accountant_delta)
 
     def require(self, target_epsilon: float) -> None:
         """Fails before any data is read if the formal cost exceeds the target."""
@@ -364,8 +364,8 @@ class PrivacyLedger:
             per_stage, per_total = [], []
             for record in batches.values():
                 realised = dp_accounting.ZCDpEvent(math.fsum(record.token_rhos))
-                per_stage.append(_epsilon(stage_events + [realised], self.accountant_delta))
-                per_total.append(_epsilon(other_events + stage_events + [realised],
+                per_stage.append(events_epsilon(stage_events + [realised], self.accountant_delta))
+                per_total.append(events_epsilon(other_events + stage_events + [realised],
                                           self.accountant_delta))
             report[stage] = {
                 "label": EX_POST_LABEL,
@@ -403,7 +403,7 @@ class PrivacyLedger:
                 "mechanisms": [{
                     "mechanism": e.mechanism,
                     "parameters": dict(e.parameters),
-                    "epsilon_alone": _epsilon([e.event], self.accountant_delta),
+                    "epsilon_alone": events_epsilon([e.event], self.accountant_delta),
                     "delta": e.delta,
                     "dp_event": repr(e.event),
                     "explanation": e.explanation,
@@ -510,7 +510,7 @@ def calibrate_mean_clip(*, target_epsilon: float, delta: float,
 def _largest_clip(events, target_epsilon: float, delta: float, tol: float,
                   unreachable: str) -> float:
     """The largest clip whose composed `events(clip)` meet the target at delta."""
-    if _epsilon([events(tol)], delta) >= target_epsilon:
+    if events_epsilon([events(tol)], delta) >= target_epsilon:
         raise PrivacyBudgetError(unreachable)
     return float(dp_accounting.calibrate_dp_mechanism(
         rdp_accountant, events, target_epsilon, delta,
@@ -561,7 +561,7 @@ def calibrate_gaussian_noise(*, target_epsilon: float, delta: float, releases: i
         return dp_accounting.ComposedDpEvent(
             fixed + [_repeated(dp_accounting.GaussianDpEvent(multiplier), releases)])
 
-    if fixed and _epsilon(fixed, delta) >= target_epsilon:
+    if fixed and events_epsilon(fixed, delta) >= target_epsilon:
         raise PrivacyBudgetError(f"The fixed releases already cost epsilon >= {target_epsilon:g} "
                                  f"at delta = {delta:g}.")
     return float(dp_accounting.calibrate_dp_mechanism(

@@ -15,7 +15,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-def _positive(name: str, value: float) -> float:
+# The aggregation rules of logit aggregation (docs/privacy.md).
+RULES = ("mean", "median", "median_ptr")
+
+
+def require_positive(name: str, value: float) -> float:
     value = float(value)
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number, got {value}.")
@@ -42,7 +46,7 @@ def clip_logits(logits: ArrayLike, c: float) -> np.ndarray:
     clipped vector stays inside [-c, c]^V, which is all the sensitivity
     analysis assumes.
     """
-    c = _positive("The clip c", c)
+    c = require_positive("The clip c", c)
     z = np.asarray(logits, dtype=np.float64)
     if np.isnan(z).any() or np.isposinf(z).any():
         raise ValueError("Logits must be finite or -inf (masked); got NaN or +inf.")
@@ -92,7 +96,7 @@ def apply_mask(values: ArrayLike, mask: np.ndarray | None) -> np.ndarray:
 
 def mean_sensitivity(c: float, expected_batch_size: float) -> float:
     """Largest move of any coordinate of the mean when one member comes or goes."""
-    return _positive("The clip c", c) / _positive(
+    return require_positive("The clip c", c) / require_positive(
         "The expected batch size", expected_batch_size)
 
 
@@ -102,7 +106,7 @@ def mean_from_sum(clipped_sum: ArrayLike, expected_batch_size: float) -> np.ndar
     Dividing by the expected size s, not by the member count, keeps the
     sensitivity at c/s whatever the batch's actual size.
     """
-    s = _positive("The expected batch size", expected_batch_size)
+    s = require_positive("The expected batch size", expected_batch_size)
     return np.asarray(clipped_sum, dtype=np.float64) / s
 
 
@@ -133,7 +137,7 @@ def median_aggregate(clipped: ArrayLike) -> np.ndarray:
 
 def median_worst_case_sensitivity(c: float) -> float:
     """Data-independent bound on the median's move: from c down to -c."""
-    return 2.0 * _positive("The clip c", c)
+    return 2.0 * require_positive("The clip c", c)
 
 
 def median_local_sensitivity(clipped: ArrayLike, c: float) -> float:
@@ -148,7 +152,7 @@ def median_local_sensitivity(clipped: ArrayLike, c: float) -> float:
              and removing gives the empty batch's 0 -> max(v_1 + c, |v_1|);
       n = 0: adding y releases y -> c.
     """
-    c = _positive("The clip c", c)
+    c = require_positive("The clip c", c)
     batch = _as_batch(clipped)
     n = batch.shape[0]
     if n == 0:
@@ -178,7 +182,7 @@ def exponential_mechanism_rho(sensitivity: float, tau: float) -> float:
     eta = 2 * sensitivity / tau, and a mechanism whose privacy loss spans at
     most eta is eta^2/8-zCDP (Cesar and Rogers 2021).
     """
-    tau = _positive("The temperature tau", tau)
+    tau = require_positive("The temperature tau", tau)
     sensitivity = float(sensitivity)
     if sensitivity < 0:
         raise ValueError(f"A sensitivity cannot be negative, got {sensitivity}.")
@@ -198,7 +202,7 @@ def token_rho_median(local_sensitivity: float, tau: float) -> float:
 
 def softmax(values: ArrayLike, tau: float = 1.0) -> np.ndarray:
     """softmax(values / tau) over the last axis, in float64; -inf gets 0."""
-    tau = _positive("The temperature tau", tau)
+    tau = require_positive("The temperature tau", tau)
     x = np.asarray(values, dtype=np.float64) / tau
     top = x.max(axis=-1, keepdims=True)
     if np.isnan(x).any() or not np.isfinite(top).all():
@@ -226,7 +230,7 @@ def gate_distance(member_logits: ArrayLike, public_logits: ArrayLike,
     less moves d by at most 1/s (triangle inequality, ||softmax(z)||_1 = 1).
     """
     members = _as_batch(member_logits)
-    s = _positive("The expected batch size", expected_batch_size)
+    s = require_positive("The expected batch size", expected_batch_size)
     public = softmax(public_logits)
     if members.shape[0] == 0:
         return float(np.abs(public).sum())
@@ -241,8 +245,8 @@ def gate_rho_per_private_token(noise_scale: float, expected_batch_size: float) -
     Lap(sigma) and query noise Lap(2 sigma) on a query of sensitivity 1/s; such
     a round is (2 / (s sigma))-DP, hence eps^2/2-zCDP (Bun and Steinke 2016).
     """
-    sigma = _positive("The gate noise scale", noise_scale)
-    s = _positive("The expected batch size", expected_batch_size)
+    sigma = require_positive("The gate noise scale", noise_scale)
+    s = require_positive("The expected batch size", expected_batch_size)
     epsilon = 2.0 / (s * sigma)
     return epsilon * epsilon / 2.0
 
@@ -266,7 +270,7 @@ class PublicTokenGate:
             raise ValueError("The cap on private tokens must be at least 1, got "
                              f"{max_private_tokens}.")
         self.threshold = float(threshold)
-        self.noise_scale = _positive("The gate noise scale", noise_scale)
+        self.noise_scale = require_positive("The gate noise scale", noise_scale)
         self.max_private_tokens = int(max_private_tokens)
         self.private_tokens = 0
         self._noisy_threshold = self._draw_threshold(rng)

@@ -25,17 +25,12 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
+from transforms.aggregation import require_positive
+
 FALLBACKS = ("mean", "stop")
 # The share of the run's delta that the stability test may spend; the rest
 # converts the composed Renyi curve to epsilon.
 TEST_DELTA_SHARE = 0.5
-
-
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value}.")
-    return value
 
 
 # ---------------------------------------------------------- distance to instability
@@ -78,7 +73,7 @@ def distance_to_instability(clipped: ArrayLike, c: float, bound: float) -> int:
     top-k kept tokens when a public mask is in force: masked tokens are -c for
     every member, present or added).
     """
-    c = _positive("The clip c", c)
+    c = require_positive("The clip c", c)
     bound = float(bound)
     if not np.isfinite(bound) or bound < 0:
         raise ValueError(f"The proposed sensitivity bound must be >= 0, got {bound}.")
@@ -123,7 +118,7 @@ def svt_noise_scale(svt_epsilon: float) -> float:
     With queries of sensitivity 1, AboveThreshold is then (1/sigma + 1/sigma) =
     (2/sigma)-DP (Dwork and Roth 2014, Theorem 3.23, with epsilon split evenly).
     """
-    return 2.0 / _positive("The stability test's epsilon", svt_epsilon)
+    return 2.0 / require_positive("The stability test's epsilon", svt_epsilon)
 
 
 def laplace_difference_tail(t: float, query_scale: float, threshold_scale: float) -> float:
@@ -133,8 +128,8 @@ def laplace_difference_tail(t: float, query_scale: float, threshold_scale: float
     (a e^{-|z|/a} - b e^{-|z|/b}) / (2 (a^2 - b^2)), whose tail from t >= 0 is
     (a^2 e^{-t/a} - b^2 e^{-t/b}) / (2 (a^2 - b^2)).
     """
-    a = _positive("The query noise scale", query_scale)
-    b = _positive("The threshold noise scale", threshold_scale)
+    a = require_positive("The query noise scale", query_scale)
+    b = require_positive("The threshold noise scale", threshold_scale)
     if t < 0:
         return 1.0 - laplace_difference_tail(-t, a, b)
     if math.isclose(a, b):
@@ -150,7 +145,7 @@ def pass_probability_at_instability(threshold: float, noise_scale: float) -> flo
 def threshold_for_delta(*, noise_scale: float, max_tokens: int, delta: float) -> float:
     """Smallest threshold T at which max_tokens steps pass at gamma = 0 with total
     probability at most delta (a union bound over the steps)."""
-    _positive("delta", delta)
+    require_positive("delta", delta)
     per_step = delta / int(max_tokens)
     low, high = 0.0, 1.0
     while pass_probability_at_instability(high, noise_scale) > per_step:
@@ -181,7 +176,7 @@ class StabilityTest:
 
     def __init__(self, *, threshold: float, noise_scale: float, rng: np.random.Generator):
         self.threshold = float(threshold)
-        self.noise_scale = _positive("The stability test's noise scale", noise_scale)
+        self.noise_scale = require_positive("The stability test's noise scale", noise_scale)
         self.failed = False
         self.passed_steps = 0
         self._noisy_threshold = self.threshold + rng.laplace(0.0, self.noise_scale)
@@ -212,8 +207,8 @@ class PtrSettings:
     fallback: str = "mean"
 
     def __post_init__(self):
-        _positive("The proposed sensitivity bound b", self.bound)
-        _positive("The stability test's noise scale", self.noise_scale)
+        require_positive("The proposed sensitivity bound b", self.bound)
+        require_positive("The stability test's noise scale", self.noise_scale)
         if self.fallback not in FALLBACKS:
             raise ValueError(f"Unknown fallback {self.fallback!r}; use one of {FALLBACKS}.")
 

@@ -18,7 +18,6 @@ from transforms.aggregation_combine_fns import ClippedMeanCombineFn, PrivateMedi
 from transforms.randomness import keyed_generator
 
 GENERATION_STAGE = "generation"
-AGGREGATORS = ("mean", "median", "median_ptr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +36,7 @@ class GenerationConfig:
     ptr: median_ptr.PtrSettings | None = None     # median_ptr's bound, test and fallback
 
     def __post_init__(self):
-        if self.aggregator not in AGGREGATORS:
+        if self.aggregator not in aggregation.RULES:
             raise ValueError(f"unknown aggregator '{self.aggregator}'")
         if (self.aggregator == "median_ptr") != (self.ptr is not None):
             raise ValueError("median_ptr, and only median_ptr, takes PtrSettings")

@@ -35,9 +35,7 @@ class _ParseFile(beam.DoFn):
                 path.rsplit("/", 1)[-1], "unknown file format: pass --input_format"))
             return
         for item in rec.parse_file(path, readable_file.read(), self._schema, file_format):
-            if isinstance(item, rec.Record) and self._labels is not None \
-                    and item.label not in self._labels:
-                item = rec.Rejected(item.source, "label not in --label_values")
+            item = rec.within_label_values(item, self._labels)
             if isinstance(item, rec.Rejected):
                 self._rejected.inc()
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)

@@ -87,13 +87,29 @@ def format_of(path: str, declared: str | None = None) -> str:
 def parse_file(path: str, data: bytes, schema: RecordSchema, file_format: str
                ) -> Iterator[Record | Rejected]:
     """Every row of one input file, as a Record or a Rejected."""
+    for _, item in parse_rows(path, data, schema, file_format):
+        yield item
+
+
+def parse_rows(path: str, data: bytes, schema: RecordSchema, file_format: str
+               ) -> Iterator[tuple[dict | None, Record | Rejected]]:
+    """Every row of one input file: (the raw row, None when it could not be read; the row
+    as a Record or a Rejected)."""
     name = path.rsplit("/", 1)[-1]
     for row_number, row in iter_rows(data, file_format, schema.text_column):
         source = f"{name}:{row_number}" if row_number else name
         if isinstance(row, Rejected):
-            yield dataclasses.replace(row, source=source)
+            yield None, dataclasses.replace(row, source=source)
         else:
-            yield to_record(row, source, schema)
+            yield row, to_record(row, source, schema)
+
+
+def within_label_values(item: Record | Rejected, labels) -> Record | Rejected:
+    """`item`, or its rejection when it is a Record whose label is not in `labels` (the
+    public --label_values; None accepts every label)."""
+    if isinstance(item, Record) and labels is not None and item.label not in labels:
+        return Rejected(item.source, "label not in --label_values")
+    return item
 
 
 def iter_rows(data: bytes, file_format: str, text_column: str = "text"

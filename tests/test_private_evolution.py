@@ -14,7 +14,8 @@ from beam_pipeline.run import run
 from tests.pipeline_fixtures import read_jsonl, tiny_args, write_reviews_csv
 from transforms import accounting
 from transforms import private_evolution as pe
-from transforms.evolve import VoteCountsCombineFn, _PopulationIndex, Member
+from transforms.evolve import VoteCountsCombineFn, _PopulationIndex
+from transforms.prompt_sampling import Member
 
 
 def _unit(rows):

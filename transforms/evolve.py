@@ -16,32 +16,15 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from offline_models.joint_decoding import GenerationRequest
 from transforms import private_evolution as pe
 from transforms.cluster import label_domain
 from transforms.embed import EmbedRecords
-from transforms.model_handlers import GenerateInFixedCalls
-from transforms.private_generation import PublicSamplingChooser, render_prompt
+from transforms.prompt_sampling import Member, SampleFromPrompts
 from transforms.randomness import keyed_generator
 from transforms.read import NAMESPACE
 from transforms.records import Record
 
 _LOG = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    """One synthetic text of the population; `index` is its place in the population."""
-    index: int
-    label: object
-    text: str = dataclasses.field(repr=False)
-    parent: int | None = None     # the member of the previous round it varies
-
-    def to_output(self) -> dict:
-        output = {"text": self.text}
-        if self.label is not None:
-            output["label"] = self.label
-        return output
 
 
 class VoteCountsCombineFn(beam.CombineFn):
@@ -190,56 +173,14 @@ class PrivateEvolution(beam.PTransform):
         return varied, summary
 
     def _generate(self, template, *, round_index):
-        return _GenerateMembers(
+        stage = "initial" if round_index is None else f"round-{round_index}"
+        return SampleFromPrompts(
             lm=self._lm, template=template, secret=self._secret, stop_text=self._stop_text,
             max_new_tokens=self._max_new_tokens, temperature=self._temperature,
-            top_k=self._top_k, per_call=self._per_call,
-            sample_stage="initial" if round_index is None else f"round-{round_index}")
+            top_k=self._top_k, per_call=self._per_call, sample_id_prefix=f"pe:{stage}:",
+            counter="pe_texts_generated")
 
 
 def _member_of(record: Record) -> Member:
     return Member(index=int(record.record_id.rsplit(":", 1)[1]), label=record.label,
                   text=record.text)
-
-
-class _GenerateMembers(beam.PTransform):
-    """Member -> Member with the text the LM writes from `template` filled with the member's
-    text (empty for the initial population: the public prompt) and label."""
-
-    def __init__(self, *, lm, template, secret, stop_text, max_new_tokens, temperature, top_k,
-                 per_call, sample_stage):
-        super().__init__()
-        self._lm = lm
-        self._template = template
-        self._secret = secret
-        self._stop_text = stop_text
-        self._max_new_tokens = max_new_tokens
-        self._temperature = temperature
-        self._top_k = top_k
-        self._per_call = per_call
-        self._stage = sample_stage
-
-    def expand(self, members):
-        template, secret, stage, per_call = (self._template, self._secret, self._stage,
-                                             self._per_call)
-        written = Metrics.counter(NAMESPACE, "pe_texts_generated")
-
-        def request(member):
-            chooser = PublicSamplingChooser(temperature=self._temperature, secret=secret,
-                                            sample_id=f"pe:{stage}:{member.index}",
-                                            top_k=self._top_k)
-            return member.index // per_call, GenerationRequest(
-                key=(member.index, member.label, member.parent),
-                prompts=[render_prompt(template, member.text, member.label)],
-                chooser=chooser, max_new_tokens=self._max_new_tokens,
-                stop_text=self._stop_text)
-
-        def to_member(prediction):
-            index, label, parent = prediction.inference.key
-            written.inc()
-            return Member(index, label, prediction.inference.text.strip(), parent=parent)
-
-        return (members
-                | "ToRequest" >> beam.Map(request)
-                | "Generate" >> GenerateInFixedCalls(self._lm, sort_key=lambda r: r.key[0])
-                | "ToMember" >> beam.Map(to_member))

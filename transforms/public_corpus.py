@@ -11,11 +11,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from offline_models.joint_decoding import GenerationRequest
 from transforms import clustering
 from transforms.embed import EmbedRecords
-from transforms.model_handlers import GenerateInFixedCalls
-from transforms.private_generation import PublicSamplingChooser, render_prompt
+from transforms.prompt_sampling import Member, SampleFromPrompts
 from transforms.read import NAMESPACE, ReadRecords
 from transforms.records import RecordSchema
 
@@ -40,24 +38,19 @@ class GeneratePublicCorpus(beam.PTransform):
         self._batches_per_call = batches_per_call
 
     def expand(self, pbegin):
-        template, labels, secret = self._template, self._labels, self._secret
-
-        def request(index):
-            label = labels[index % len(labels)]
-            return GenerationRequest(
-                key=index, prompts=[render_prompt(template, "", label)],
-                chooser=PublicSamplingChooser(temperature=self._temperature, secret=secret,
-                                              sample_id=str(index)),
-                max_new_tokens=self._max_new_tokens, stop_text=self._stop_text)
-
-        per_call = self._batches_per_call
+        labels = self._labels
         # Fixed calls: the corpus, and so the centres, are the same bytes on every runner.
         return (pbegin
                 | "Indices" >> beam.Create(range(self._size))
-                | "ToRequest" >> beam.Map(lambda index: (index // per_call, request(index)))
-                | "Generate" >> GenerateInFixedCalls(self._lm, sort_key=lambda r: r.key)
+                | "ToMember" >> beam.Map(lambda index: Member(
+                    index, labels[index % len(labels)], ""))
+                | "Generate" >> SampleFromPrompts(
+                    lm=self._lm, template=self._template, secret=self._secret,
+                    stop_text=self._stop_text, max_new_tokens=self._max_new_tokens,
+                    temperature=self._temperature, top_k=None,
+                    per_call=self._batches_per_call, sample_id_prefix="")
                 # Empty texts stay: they are public points like any other.
-                | "Text" >> beam.Map(lambda prediction: prediction.inference.text.strip()))
+                | "Text" >> beam.Map(lambda member: member.text))
 
 
 class PublicCentres(beam.PTransform):

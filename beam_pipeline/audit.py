@@ -191,11 +191,13 @@ def measure(*, plan, settings: AuditSettings, synthetic_texts, member_texts, hel
                         "non_members": "held-out records of the same input, never given to "
                                        "the job",
                         **measures.attack_figures(member_scores, held_scores, delta=delta,
-                                                  confidence=settings.confidence)},
+                                                  confidence=settings.confidence,
+                                                  seed=settings.seed)},
             "canaries": {"members": "the inserted canaries",
                          "non_members": "control canaries drawn the same way, never inserted",
                          **measures.attack_figures(inserted_scores, control_scores, delta=delta,
-                                                   confidence=settings.confidence)},
+                                                   confidence=settings.confidence,
+                                                   seed=settings.seed)},
         },
         "memorisation": copying,
     }
@@ -362,7 +364,7 @@ def summary_lines(result: dict) -> list[str]:
         f"AUC {_number(canaries['auc'])} vs control canaries",
         f"empirical epsilon lower bound {bound['epsilon_lower_bound']:.3g} "
         f"({bound['confidence']:.0%} Clopper-Pearson; at most {_number(bound.get('ceiling'))} "
-        f"at these sample sizes) vs claimed formal epsilon "
+        f"on the half of the scores it is measured on) vs claimed formal epsilon "
         f"{_number(claimed['formal_epsilon'], 4)} at delta {claimed['delta']:g}"
         + "".join(f"; {stage} ex-post (not a formal guarantee): max "
                   f"{_number(figures['max'], 4)}, median {_number(figures['median'], 4)}"
@@ -425,13 +427,18 @@ def audit_markdown(result: dict) -> str:
                          f"{figures['longest_shared_ngram']} | {figures['copied_texts']} |")
     lines += [
         "", "## How to read it", "",
-        "- The epsilon lower bound is the largest, over the attack's thresholds, of "
-        "log((TPR_lo - delta) / FPR_hi) and log((1 - FPR_hi - delta) / (1 - TPR_lo)), with "
+        "- The epsilon lower bound is the larger of log((TPR_lo - delta) / FPR_hi) and "
+        "log((1 - FPR_hi - delta) / (1 - TPR_lo)), with "
         f"{settings['confidence']:.0%} Clopper-Pearson intervals (Jagielski et al. 2020; Nasr "
-        "et al. 2021); 0 when no threshold gives a positive bound. It comes from one run of "
+        "et al. 2021), at one threshold of the attack's score. The members and the "
+        "non-members are each split in two by a permutation seeded with --seed, whatever "
+        "their scores: the threshold is the one with the "
+        "largest bound on one half, and TPR and FPR are measured on the other half only, so "
+        "the confidence still holds after the choice; 0 when that bound is not positive. "
+        "TPR and FPR in the table are the measured half's. It comes from one run of "
         "one attack, so it is far below the claimed epsilon unless the guarantee is broken; "
-        "it can never exceed the ceiling, the bound of a perfect attack at these sample "
-        "sizes.",
+        "it can never exceed the ceiling, the bound of a perfect attack on the measured "
+        "half.",
         "- The guarantee is per record (or privacy unit). A canary repeated k times is k "
         "records, whose group guarantee is about k times weaker: repeats are a stress test, "
         "not a contradiction of the claim.",

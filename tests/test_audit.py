@@ -141,24 +141,34 @@ def test_clopper_pearson_against_hand_computed_values():
     assert upper == pytest.approx([0.308497, 0.812914, 1.0], abs=1e-6)
 
 
-def test_a_perfect_attack_on_ten_and_ten_bounds_epsilon_by_hand():
+def test_a_perfect_attack_measured_on_ten_and_ten_bounds_epsilon_by_hand():
+    # 20 + 20 scores: 10 + 10 choose the threshold, the other 10 + 10 measure it.
     # TPR_lo = 0.025**0.1 = 0.691503, FPR_hi = 1 - 0.025**0.1 = 0.308497.
-    result = audit.empirical_epsilon([0.9] * 10, [0.1] * 10, delta=0.0)
+    result = audit.empirical_epsilon([0.9] * 20, [0.1] * 20, delta=0.0)
+    assert result["measurement"] == {"members": 10, "non_members": 10}
     assert result["epsilon_lower_bound"] == pytest.approx(math.log(0.691503 / 0.308497),
                                                           abs=1e-5)
     assert result["epsilon_lower_bound"] == pytest.approx(0.807155, abs=1e-5)
     assert result["ceiling"] == pytest.approx(0.807155, abs=1e-5)
     assert (result["tpr"], result["fpr"], result["threshold"]) == (1.0, 0.0, 0.9)
-    with_delta = audit.empirical_epsilon([0.9] * 10, [0.1] * 10, delta=1e-6)
+    with_delta = audit.empirical_epsilon([0.9] * 20, [0.1] * 20, delta=1e-6)
     assert with_delta["epsilon_lower_bound"] == pytest.approx(
         math.log((0.6915029 - 1e-6) / 0.3084971), abs=1e-5)
+    # Ten and ten leave five and five to measure: not enough for any bound at 95%.
+    assert audit.empirical_epsilon([0.9] * 10, [0.1] * 10, delta=0.0)["ceiling"] == 0.0
 
 
 def test_the_bound_takes_the_best_threshold_and_form():
-    # Threshold 0.9: TP 8 of 10, FP 0 of 10. Direct form log(0.443905 / 0.308497) = 0.363897
-    # beats the mirrored log((1 - 0.308497) / (1 - 0.443905)) = 0.217927; threshold 0.1
-    # (everything a member) gives nothing.
-    result = audit.empirical_epsilon([0.9] * 8 + [0.1] * 2, [0.1] * 10, delta=0.0)
+    # In each half, 8 of 10 members score 0.9, the rest and all non-members 0.1. Threshold
+    # 0.9 on the measured half: TP 8 of 10, FP 0 of 10. Direct form
+    # log(0.443905 / 0.308497) = 0.363897 beats the mirrored
+    # log((1 - 0.308497) / (1 - 0.443905)) = 0.217927; threshold 0.1 (everything a member)
+    # gives nothing.
+    halves = audit.split_halves(20, 20)["members"]
+    members = np.full(20, 0.1)
+    for half in ("selection", "measurement"):
+        members[halves[half][:8]] = 0.9
+    result = audit.empirical_epsilon(members, [0.1] * 20, delta=0.0)
     assert result["epsilon_lower_bound"] == pytest.approx(0.363897, abs=1e-5)
     assert result["threshold"] == 0.9 and result["true_positives"] == 8
     assert result["tpr_interval"] == pytest.approx([0.443905, 0.974789], abs=1e-6)
@@ -174,6 +184,85 @@ def test_no_positive_bound_reports_zero():
     rng = np.random.default_rng(2)
     same = audit.empirical_epsilon(rng.normal(size=200), rng.normal(size=200), delta=1e-6)
     assert 0.0 <= same["epsilon_lower_bound"] < same["ceiling"]
+
+
+def test_null_scores_give_a_positive_bound_no_more_often_than_the_confidence_allows():
+    # Members and non-members from one distribution: a positive bound is a false alarm,
+    # which the confidence level caps at 1 - confidence. Picking the threshold on the
+    # scores it is measured on broke that cap (about 30% of runs at 80%).
+    runs, size = 400, 120
+    fractions = {}
+    for confidence in (0.95, 0.8):
+        positive = 0
+        for seed in range(runs):
+            rng = np.random.default_rng([seed, 0x0])
+            result = audit.empirical_epsilon(rng.normal(size=size), rng.normal(size=size),
+                                             delta=1e-6, confidence=confidence)
+            positive += result["epsilon_lower_bound"] > 0
+        fractions[confidence] = positive / runs
+    print(f"null runs with a positive bound, by confidence: {fractions}")
+    for confidence, fraction in fractions.items():
+        assert fraction <= 1 - confidence, (
+            f"{fraction:.1%} of {runs} null runs gave a positive bound at {confidence:.0%} "
+            f"confidence (all levels: {fractions})")
+
+
+def test_a_real_signal_gives_a_clearly_positive_bound_from_the_measured_half():
+    rng = np.random.default_rng(11)
+    members, others = rng.normal(2.0, 1.0, size=200), rng.normal(0.0, 1.0, size=200)
+    result = audit.empirical_epsilon(members, others, delta=1e-6)
+    assert result["epsilon_lower_bound"] > 1.0
+    assert result["measurement"] == result["selection"] == {"members": 100,
+                                                            "non_members": 100}
+    assert result["ceiling"] == pytest.approx(3.2813, abs=1e-3)
+    assert result["epsilon_lower_bound"] <= result["ceiling"]
+    # The reported figures are the measured half's at the chosen threshold, nothing else.
+    halves = audit.split_halves(200, 200)
+    measured_members = members[halves["members"]["measurement"]]
+    measured_others = others[halves["non_members"]["measurement"]]
+    true_positives = int((measured_members >= result["threshold"]).sum())
+    false_positives = int((measured_others >= result["threshold"]).sum())
+    assert (result["true_positives"], result["false_positives"]) == (true_positives,
+                                                                      false_positives)
+    tpr_lower, _ = audit.clopper_pearson(true_positives, 100)
+    _, fpr_upper = audit.clopper_pearson(false_positives, 100)
+    assert result["epsilon_lower_bound"] == pytest.approx(
+        float(audit.epsilon_bound(tpr_lower, fpr_upper, 1e-6)))
+
+
+def test_selection_and_measurement_halves_are_disjoint_and_ignore_the_scores():
+    halves = audit.split_halves(121, 120, seed=3)
+    for group, size in (("members", 121), ("non_members", 120)):
+        selection, measurement = halves[group]["selection"], halves[group]["measurement"]
+        assert not set(selection) & set(measurement)
+        assert sorted([*selection, *measurement]) == list(range(size))
+        assert (len(selection), len(measurement)) == (size // 2, size - size // 2)
+    again = audit.split_halves(121, 120, seed=3)
+    other_seed = audit.split_halves(121, 120, seed=4)
+    for group in ("members", "non_members"):
+        assert (again[group]["measurement"] == halves[group]["measurement"]).all()
+        assert (other_seed[group]["measurement"] != halves[group]["measurement"]).any()
+
+    # Whatever the score values, and however they are shuffled within a group, the bound
+    # is counted on the same positions.
+    rng = np.random.default_rng(5)
+    members, others = rng.normal(1.0, 1.0, size=121), rng.normal(size=120)
+    for shuffle in range(3):
+        shuffled_members, shuffled_others = rng.permutation(members), rng.permutation(others)
+        result = audit.empirical_epsilon(shuffled_members, shuffled_others, delta=1e-6, seed=3)
+        assert result["threshold"] is not None
+        measured_members = shuffled_members[halves["members"]["measurement"]]
+        measured_others = shuffled_others[halves["non_members"]["measurement"]]
+        assert result["true_positives"] == (measured_members >= result["threshold"]).sum()
+        assert result["false_positives"] == (measured_others >= result["threshold"]).sum()
+
+    # Members that stand out only in the selection half show nothing once measured.
+    split = audit.split_halves(40, 40)["members"]
+    members = np.full(40, 0.1)
+    members[split["selection"]] = 0.9
+    result = audit.empirical_epsilon(members, [0.5] * 40, delta=1e-6)
+    assert result["threshold"] == 0.9 and result["true_positives"] == 0
+    assert result["epsilon_lower_bound"] == 0.0
 
 
 # --------------------------------------------------------------------------- splitting

@@ -1,15 +1,17 @@
 """`dpsynth audit`: insert canaries, run the configured job once, and try to break its
 guarantee with the run's own synthetic output (the measurements: evaluation/audit.py).
 
-1. The input is read with the job's own parser and schema (and `--label_values`,
-   `--max_records`): usable records only, in file and row order, duplicates of an id
-   dropped as the job drops them; unusable rows are counted by reason.
+1. The input is read with the job's own parser and schema (and `--label_values`):
+   usable records only, in file and row order, duplicates of an id dropped as the job
+   drops them; unusable rows are counted by reason. `--max_records` keeps about N of
+   them, whole privacy units drawn with `--seed`.
 2. The usable records are split with `--seed`: a `--holdout_fraction` share (whole privacy
    units with `--privacy_unit_column`) is held out and never given to the job.
 3. `--canaries` random phrases, each copied `--canary_repeats` times (every copy its own
    record, id and privacy unit; the label a random valid label), are shuffled in among the
    kept records, written as JSONL into a working directory, and the job runs on that file
-   with every other run option unchanged (`--max_records` has already been applied).
+   with every other run option unchanged (`--max_records` has already been applied, so
+   the audited job runs uncapped, and its formal epsilon carries no cap release).
 4. The synthetic output is checked for the canaries, members and held-out records are
    scored by the similarity attack with the run's encoder, and the figures are written to
    audit.json and audit.md next to the privacy report's claimed epsilon.
@@ -73,8 +75,8 @@ def run_audit(run_argv: list[str], settings: AuditSettings, *,
         raise AuditError("with a gs:// --output, name a local --report directory")
     _check_writable(report_dir)
 
-    usable, rejected = read_usable_records(plan)
-    groups = [r.unit if r.unit is not None else r.record_id for r, _ in usable]
+    usable, rejected = read_usable_records(plan, settings.seed)
+    groups = [_group(r) for r, _ in usable]
     if len(set(groups)) < 2:
         raise AuditError(f"the input has {len(usable)} usable records: the audit needs at "
                          "least 2 (privacy units), some to give the job and some to hold out")
@@ -205,9 +207,10 @@ def measure(*, plan, settings: AuditSettings, synthetic_texts, member_texts, hel
 
 # ------------------------------------------------------------------------------- input
 
-def read_usable_records(plan) -> tuple[list, dict]:
-    """[(Record, raw row)] the job would use, in file and row order, and {reason: count} of
-    the rows it would reject (--label_values, --max_records and duplicate ids applied)."""
+def read_usable_records(plan, seed: int = 0) -> tuple[list, dict]:
+    """[(Record, raw row)] the audit studies, in file and row order, and {reason: count} of
+    the rows left out (--label_values and duplicate ids as the job applies them;
+    --max_records as a seeded sample of whole privacy units)."""
     paths = sorted((m.path for m in FileSystems.match([plan.input])[0].metadata_list),
                    key=lambda p: (p.rsplit("/", 1)[-1], p))
     usable, rejected, seen_ids = [], {}, set()
@@ -228,9 +231,32 @@ def read_usable_records(plan) -> tuple[list, dict]:
                 continue
             usable.append((record, _job_row(plan, row)))
     if plan.max_records is not None and len(usable) > plan.max_records:
-        rejected["over --max_records"] = len(usable) - plan.max_records
-        usable = usable[:plan.max_records]
+        kept = _sample_units(usable, plan.max_records, seed)
+        rejected["over --max_records"] = len(usable) - len(kept)
+        usable = kept
     return usable, dict(sorted(rejected.items()))
+
+
+def _sample_units(usable: list, max_records: int, seed: int) -> list:
+    """About `max_records` of the records, whole privacy units drawn at random with the
+    audit's seed (never the first rows: which units the audit studies must not depend
+    on where they sit in the file), in file and row order."""
+    groups = list(dict.fromkeys(_group(record) for record, _ in usable))
+    order = np.random.default_rng([seed, 0xCA9]).permutation(len(groups))
+    sizes: dict = {}
+    for record, _ in usable:
+        sizes[_group(record)] = sizes.get(_group(record), 0) + 1
+    chosen, total = set(), 0
+    for index in order:
+        if total >= max_records:
+            break
+        chosen.add(groups[index])
+        total += sizes[groups[index]]
+    return [pair for pair in usable if _group(pair[0]) in chosen]
+
+
+def _group(record) -> str:
+    return record.unit if record.unit is not None else record.record_id
 
 
 def _job_row(plan, row: dict) -> dict:

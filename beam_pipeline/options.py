@@ -47,7 +47,13 @@ class DpSynthOptions(PipelineOptions):
                           help="column naming the person (or other unit) a record belongs to; "
                                "each unit then contributes one record")
         data.add_argument("--max_records", type=int, default=None,
-                          help="use only the first N records, in file and row order")
+                          help="use about N records: each privacy unit is kept with "
+                               "probability N / (a noisy count of the units), by a keyed hash "
+                               "of its own content, so no record's presence pushes out "
+                               "another's")
+        data.add_argument("--max_records_noise", type=float, default=10.0,
+                          help="sigma of the Gaussian noise on the count of units that sets "
+                               "the --max_records keep rate (one release in the ledger)")
         data.add_argument("--max_chars", type=int, default=2000,
                           help="longest text used; see --over_length")
         data.add_argument("--over_length", choices=("truncate", "reject"), default="truncate",

@@ -12,20 +12,41 @@ from transforms.embed import BoundContributions, EmbedRecords
 from transforms.evolve import PrivateEvolution
 from transforms.generate import GenerateSynthetic
 from transforms.public_corpus import GeneratePublicCorpus, PublicCentres
-from transforms.read import REJECTED_TAG, SKIPPED_TAG, ReadRecords
+from transforms.cap_records import SKIPPED_TAG as CAP_SKIPPED_TAG, CapRecords
+from transforms.read import REJECTED_TAG, ReadRecords
 from transforms.release_embeddings import ReleaseSyntheticEmbeddings
 from transforms.report import WriteReports
 from transforms.write import PublishOutputs, WriteJsonLines, output_path, staging_dir
 
 
-def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
+def usable_records(pipeline: beam.Pipeline, plan: RunPlan) -> dict:
+    """Every step before the first release: read (parse, label filter, duplicate ids),
+    one record per privacy unit, the record cap. Each is stable: adding or removing one
+    row changes what comes out by at most that row's unit (docs/privacy.md).
+
+    {"read": ReadRecords' outputs, "bounded": after unit bounding, "skipped": the
+    sources the cap left out, "records": what the job uses}."""
     read = pipeline | "ReadRecords" >> ReadRecords(
-        plan.input, plan.schema, input_format=plan.input_format, label_values=plan.labels,
-        max_records=plan.max_records)
+        plan.input, plan.schema, input_format=plan.input_format, label_values=plan.labels)
     records = read["records"]
+    ids_from_column = plan.schema.id_column is not None
     if plan.schema.unit_column:
-        records = records | "BoundContributions" >> BoundContributions(plan.secret)
-    embedded = records | "EmbedRecords" >> EmbedRecords(
+        records = records | "BoundContributions" >> BoundContributions(
+            plan.secret, ids_from_column=ids_from_column)
+    bounded = records
+    skipped = pipeline | "NoneSkipped" >> beam.Create([])
+    if plan.max_records is not None:
+        capped = records | "CapRecords" >> CapRecords(
+            plan.max_records, noise_stddev=plan.max_records_noise, secret=plan.secret,
+            ids_from_column=ids_from_column)
+        records, skipped = capped.records, capped[CAP_SKIPPED_TAG]
+    return {"read": read, "bounded": bounded, "skipped": skipped, "records": records}
+
+
+def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
+    usable = usable_records(pipeline, plan)
+    read, bounded, skipped = usable["read"], usable["bounded"], usable["skipped"]
+    embedded = usable["records"] | "EmbedRecords" >> EmbedRecords(
         plan.encoder, sequence_length=plan.encoder_sequence_length)
 
     # Everything is written to a staging folder and published by the last step.
@@ -35,8 +56,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
         _count(read[REJECTED_TAG], "records_rejected"),
         _count(read["records"] | "Truncated" >> beam.Filter(lambda r: r.truncated),
                "records_truncated"),
-        _count(read[SKIPPED_TAG], "records_over_max_records"),
-        _count(records, "records_after_unit_bound"),
+        _count(bounded, "records_after_unit_bound"),
+        _count(skipped, "records_over_max_records"),
         _count(embedded, "records_embedded"),
         _count_rejections_by_reason(read[REJECTED_TAG]),
     ]
@@ -160,6 +181,9 @@ def report_parameters(plan: RunPlan) -> dict:
                   "labels": list(plan.labels) if plan.labels else None,
                   "run_secret": ("fixed by --run_secret" if plan.secret_is_fixed
                                  else "fresh from the OS")}
+    if plan.max_records is not None:
+        parameters.update(max_records=plan.max_records,
+                          max_records_noise=plan.max_records_noise)
     g, c = plan.generation, plan.clustering
     if plan.method == PRIVATE_EVOLUTION:
         e = plan.evolution

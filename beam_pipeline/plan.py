@@ -11,6 +11,7 @@ from beam_pipeline import budget_ledger
 from beam_pipeline import options as opts
 from transforms.accounting import PrivacyLedger
 from transforms import median_ptr
+from transforms import record_cap
 from transforms import private_evolution
 from transforms import synthetic_embeddings
 from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, UNIFORM, ClusteringConfig
@@ -58,6 +59,7 @@ class RunPlan:
     variation_template: str | None = None
     embeddings: synthetic_embeddings.EmbeddingReleaseConfig | None = None
     embeddings_format: str = "npz"
+    max_records_noise: float = 10.0
     # Filled in by run.py once the budget ledger has reserved this run's cost.
     lifetime_budget: dict | None = None
 
@@ -84,6 +86,7 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     _require(0 < o.delta < 1, "--delta must be in (0, 1)")
     _require(o.target_epsilon is None or o.target_epsilon > 0, "--target_epsilon must be > 0")
     _require(o.max_records is None or o.max_records >= 1, "--max_records must be >= 1")
+    _require(o.max_records_noise > 0, "--max_records_noise must be > 0")
     _require(o.max_chars >= 1, "--max_chars must be >= 1")
     _require(o.top_k is None or o.top_k >= 1, "--top_k must be >= 1")
     _require(o.histogram_noise > 0, "--histogram_noise must be > 0")
@@ -169,12 +172,16 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         run_id=uuid.uuid4().hex, budget_ledger=o.budget_ledger,
         lifetime_epsilon=o.lifetime_epsilon, privacy_unit_domain=o.privacy_unit_domain,
         method=o.method, evolution=evolution, variation_template=variation_template,
-        embeddings=embeddings, embeddings_format=o.embeddings_format)
+        embeddings=embeddings, embeddings_format=o.embeddings_format,
+        max_records_noise=o.max_records_noise)
 
 
 def plan_ledger(plan: RunPlan) -> PrivacyLedger:
     """Every DP event one unit takes part in, known before any data is read."""
     ledger = PrivacyLedger(delta=plan.delta, privacy_unit=plan.privacy_unit)
+    if plan.max_records is not None:
+        ledger.record_gaussian(record_cap.STAGE, noise_stddev=plan.max_records_noise,
+                               released=record_cap.RELEASED)
     if plan.method == opts.LOGIT_AGGREGATION:
         _record_logit_aggregation(ledger, plan)
     elif plan.method == opts.PRIVATE_EVOLUTION:

@@ -7,30 +7,31 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from transforms.model_handlers import SentenceEmbeddingHandler
-from transforms.randomness import keyed_hash
 from transforms.read import NAMESPACE
+from transforms.records import unit_representative
 
 
 class BoundContributions(beam.PTransform):
-    """Keeps one record per privacy unit, chosen by a keyed hash of its id.
+    """Keeps one record per privacy unit, chosen by a keyed hash of its content.
 
-    The choice for a unit depends only on that unit's records and the secret,
-    so adding or removing a unit changes one kept record at most.
+    The choice for a unit depends only on that unit's records and the secret
+    (never on row numbers, which other units' rows shift), so adding or
+    removing a unit changes one kept record at most.
     """
 
-    def __init__(self, secret: str):
+    def __init__(self, secret: str, *, ids_from_column: bool):
         super().__init__()
         self._secret = secret
+        self._ids_from_column = ids_from_column
 
     def expand(self, records):
-        secret = self._secret
+        secret, ids_from_column = self._secret, self._ids_from_column
         dropped = Metrics.counter(NAMESPACE, "records_over_unit_bound")
 
         def keep_one(unit_and_records):
             _, unit_records = unit_and_records
             unit_records = list(unit_records)
-            chosen = min(unit_records, key=lambda r: (
-                keyed_hash(secret, "unit_bound", r.record_id, r.source), r.source))
+            chosen = unit_representative(unit_records, secret, ids_from_column)
             dropped.inc(len(unit_records) - 1)
             return chosen
 

@@ -7,11 +7,12 @@ A record the pipeline cannot use is never dropped silently: parsing yields a
 from __future__ import annotations
 
 import codecs
-import csv
 import dataclasses
 import io
 import json
 from typing import Any, Iterator
+
+from transforms.randomness import keyed_hash
 
 FORMATS = ("jsonl", "csv", "parquet", "text")
 _EXTENSIONS = {
@@ -22,9 +23,9 @@ _EXTENSIONS = {
 # Rejected rows keep only this much of the raw input, so a rejection file
 # points at the problem without copying whole private records around.
 RAW_EXCERPT_CHARS = 80
-# Python's csv module rejects fields over 128 KiB; a long text should meet
-# --max_chars and --over_length instead.
-CSV_FIELD_LIMIT = 1 << 26
+# A quoted CSV field may span this many lines at most: past it, the row's first
+# line is rejected and reading resumes on the next line.
+CSV_MAX_ROW_LINES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +103,41 @@ def parse_rows(path: str, data: bytes, schema: RecordSchema, file_format: str
             yield None, dataclasses.replace(row, source=source)
         else:
             yield row, to_record(row, source, schema)
+
+
+def content_key(record: Record, ids_from_column: bool) -> tuple:
+    """A record's key from its own content, for keyed hashes that choose among records.
+
+    Never the row number: adding one row above shifts every later row's number, so a
+    key built on it would let one row change which other records are chosen.
+    """
+    return (record.text, record.label or "", record.unit or "",
+            record.record_id if ids_from_column else "")
+
+
+DUPLICATE_ID_REASON = ("duplicate record id: the first row with this id (in file and row "
+                       "order) is kept")
+
+
+def first_of_same_id(rows) -> tuple[Record, list[Rejected]]:
+    """Of the records sharing a (privacy unit, record id): the first in (file, row) order,
+    and the rejections of the others. Rows of other units never take part, and adding
+    their rows keeps the order of these, so the choice depends on this unit's rows only.
+    Ties of the order (same-named files in different folders) go by content."""
+    ordered = sorted(rows, key=lambda r: (_source_order(r), r.text, r.label or ""))
+    return ordered[0], [Rejected(r.source, DUPLICATE_ID_REASON) for r in ordered[1:]]
+
+
+def unit_representative(unit_records, secret: str, ids_from_column: bool) -> Record:
+    """The one record a privacy unit keeps: the least keyed hash of its content. Records
+    with equal keys have equal content, so which of them is returned does not matter."""
+    return min(unit_records, key=lambda r: (
+        keyed_hash(secret, "unit_bound", *content_key(r, ids_from_column)), r.source))
+
+
+def _source_order(record: Record):
+    name, _, row = record.source.rpartition(":")
+    return (name, int(row)) if row.isdigit() else (record.source, 0)
 
 
 def within_label_values(item: Record | Rejected, labels) -> Record | Rejected:
@@ -217,8 +253,17 @@ def _excerpt(row) -> str:
     return text[:RAW_EXCERPT_CHARS]
 
 
+def _lines(data: bytes) -> list[str]:
+    """Physical lines: split at line feeds only (a CR before one is dropped), so that a
+    character such as U+2028 inside one row never splits it into two."""
+    lines = _decode(data).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def _jsonl_rows(data: bytes):
-    for number, line in enumerate(_decode(data).splitlines(), start=1):
+    for number, line in enumerate(_lines(data), start=1):
         if not line.strip():
             continue
         try:
@@ -236,37 +281,124 @@ def _jsonl_rows(data: bytes):
 
 
 def _csv_rows(data: bytes):
-    text = _decode(data)
-    if csv.field_size_limit() < CSV_FIELD_LIMIT:
-        csv.field_size_limit(CSV_FIELD_LIMIT)
-    # strict: a stray quote is a malformed row, not silently glued to the next field
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    """CSV rows numbered by their first line. A row that cannot be read is rejected
+    alone, by its first line, and reading resumes on the next line: see `scan_csv_row`
+    for why no malformed row can pull well-formed rows after it into itself."""
+    lines = _lines(data)
+    if not lines:
+        return
     try:
-        header = next(reader)
-    except StopIteration:
+        header, end = scan_csv_row(lines, 0)
+    except CsvRowError as error:
+        yield 1, Rejected("", f"malformed CSV header: {error}", _excerpt(lines[0]))
         return
-    except csv.Error as error:
-        yield 1, Rejected("", f"malformed CSV header: {error}")
-        return
-    row_number = 1
-    while True:
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            row_number += 1
-            yield row_number, Rejected("", f"malformed CSV row: {error}")
+    index = end + 1
+    while index < len(lines):
+        if not lines[index].strip():
+            index += 1
             continue
-        row_number += 1
-        if not values or all(not v.strip() for v in values):
+        number = index + 1
+        try:
+            values, end = scan_csv_row(lines, index)
+        except CsvRowError as error:
+            yield number, Rejected("", f"malformed CSV row: {error}", _excerpt(lines[index]))
+            index += 1
             continue
         if len(values) != len(header):
-            yield row_number, Rejected(
+            yield number, Rejected(
                 "", f"CSV row has {len(values)} fields, the header has {len(header)}",
-                _excerpt(",".join(values)))
+                _excerpt(lines[index]))
+            index += 1
             continue
-        yield row_number, dict(zip(header, values))
+        yield number, dict(zip(header, values))
+        index = end + 1
+
+
+class CsvRowError(ValueError):
+    """Why the row starting at a line is not well-formed CSV; never quotes the row."""
+
+
+def scan_csv_row(lines: list[str], start: int, max_lines: int = CSV_MAX_ROW_LINES
+                 ) -> tuple[list[str], int]:
+    """(fields, index of the last line) of the CSV row that starts at `lines[start]`.
+
+    RFC 4180 quoting, with line breaks allowed inside quoted fields, and three rules
+    more than Python's csv module, all about one row's own text:
+    - a quote inside an unquoted field is an error (RFC 4180 asks for such fields
+      to be quoted);
+    - a quoted field's text may not begin with a comma or a line break, nor with
+      quotes followed by one;
+    - a quoted field must close within `max_lines` lines.
+    Why: a stray opening quote puts the reader inside a quoted field while the text
+    below is outside one. The quote that then ends the field is the opening quote of
+    a well-formed field below, and the second rule makes what follows it an error
+    (tests/test_csv_framing.py checks this exhaustively on short texts). So a
+    malformed row never reads a well-formed row below it as its own text: its first
+    line is rejected and the next line is read afresh.
+    """
+    if '"' not in lines[start]:   # the common row: no quoting to follow
+        return lines[start].split(","), start
+    fields: list[str] = []
+    field: list[str] = []
+    state = _START
+    index = start
+    while True:
+        line = lines[index]
+        length = len(line)
+        for position, char in enumerate(line):
+            if state == _START:
+                if char == '"':
+                    state = _QUOTED
+                    _check_quoted_start(line, position + 1)
+                elif char == ",":
+                    fields.append("")
+                else:
+                    field.append(char)
+                    state = _PLAIN
+            elif state == _PLAIN:
+                if char == ",":
+                    fields.append("".join(field))
+                    field, state = [], _START
+                elif char == '"':
+                    raise CsvRowError("a quote inside an unquoted field (quote the field "
+                                      "and double the quote)")
+                else:
+                    field.append(char)
+            elif state == _QUOTED:
+                if char == '"':
+                    state = _QUOTE
+                else:
+                    field.append(char)
+            elif char == '"':   # _QUOTE, and the quote is doubled: a quote in the text
+                field.append('"')
+                state = _QUOTED
+            elif char == ",":
+                fields.append("".join(field))
+                field, state = [], _START
+            else:
+                raise CsvRowError("a closing quote must be followed by a comma or the end of "
+                                  "the line")
+        if state == _QUOTED:
+            if index + 1 >= len(lines):
+                raise CsvRowError("a quoted field is not closed")
+            if index + 1 - start >= max_lines:
+                raise CsvRowError(f"a quoted field is not closed within {max_lines} lines")
+            field.append("\n")
+            index += 1
+            continue
+        fields.append("".join(field))
+        return fields, index
+
+
+_START, _PLAIN, _QUOTED, _QUOTE = range(4)
+
+
+def _check_quoted_start(line: str, position: int) -> None:
+    """The second rule of `scan_csv_row`, at the first character after an opening quote."""
+    while line.startswith('""', position):
+        position += 2
+    if position >= len(line) or line[position] == ",":
+        raise CsvRowError("a quoted field may not begin with a comma or a line break")
 
 
 def _parquet_rows(data: bytes):
@@ -283,7 +415,7 @@ def _parquet_rows(data: bytes):
 
 
 def _text_rows(data: bytes, text_column: str):
-    for number, line in enumerate(_decode(data).splitlines(), start=1):
+    for number, line in enumerate(_lines(data), start=1):
         if line.strip():
             yield number, {text_column: line}
 

@@ -8,6 +8,16 @@ all recorded events of its domain and the run's own are composed with the
 Renyi DP accountant; if the cumulative epsilon would pass the domain's
 lifetime epsilon, the run is refused.
 
+A domain's lifetime epsilon and its delta are fixed by its first run. The
+cumulative epsilon is one figure at one delta: were each run to compose at
+its own --delta, a run at a large delta would see the domain's spend as small
+and be admitted, and the total at the domain's delta would pass the budget.
+
+Each run leaves a keyed digest of its run secret, never the secret. A run
+whose secret the ledger has already seen, in its domain or another, is
+refused: the same secret draws the same noise, which cancels out of the
+difference of two releases; composition assumes fresh noise.
+
 The spend is RESERVED before the job starts, and never given back: a job
 that crashes after reading data has still touched the data, so a crash
 cannot make a run free. A run is marked `completed` or `failed` afterwards,
@@ -29,6 +39,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -47,6 +59,7 @@ FORMAT_VERSION = 1
 DOMAIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STATUSES = ("reserved", "completed", "failed")
 GCS_ATTEMPTS = 50
+SECRET_DIGEST_LABEL = b"dpsynth budget ledger: run secret digest"
 
 
 class BudgetLedgerError(ValueError):
@@ -55,6 +68,10 @@ class BudgetLedgerError(ValueError):
 
 class BudgetExhausted(BudgetLedgerError):
     """The run would take the domain past its lifetime epsilon."""
+
+
+class SecretReused(BudgetLedgerError):
+    """The run's secret was already used by a run in the ledger."""
 
 
 # ------------------------------------------------------------- DP events
@@ -148,7 +165,7 @@ class Reservation:
             "remaining_epsilon": self.remaining_epsilon,
             "earlier_runs": self.runs_before,
             "composition": "all recorded runs of the domain and this one, composed "
-                           "with the Renyi DP accountant at this run's delta; reserved "
+                           "with the Renyi DP accountant at the domain's delta; reserved "
                            "before the job started, so it counts even if the job fails",
         }
 
@@ -161,10 +178,35 @@ def check_domain(name: str) -> str:
     return name
 
 
-def reserve(path: str, *, domain: str, lifetime_epsilon: float, cost: RunCost,
+def secret_digest(secret: str, domain: str) -> str:
+    """What the ledger keeps of a run secret: enough to recognise it, nothing to recover it.
+
+    The label keeps these digests apart from any other use of the secret; the
+    domain in the key keeps one secret's digests in two domains unrelated."""
+    key = SECRET_DIGEST_LABEL + b"\x1f" + domain.encode("utf-8")
+    return hmac.new(key, secret.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def domain_delta(entry: dict, first_delta: float) -> float:
+    """The delta all of a domain's runs are composed at (`first_delta` for a new domain)."""
+    if "delta" in entry:
+        return float(entry["delta"])
+    # Ledgers written before domains kept a delta: the first recorded run set it.
+    if entry["runs"]:
+        return float(entry["runs"][0]["delta"])
+    return float(first_delta)
+
+
+def reserve(path: str, *, domain: str, lifetime_epsilon: float, cost: RunCost, secret: str,
             run_id: str | None = None, store=None) -> Reservation:
-    """Records `cost` for `domain`, or raises BudgetExhausted if it does not fit."""
+    """Records `cost` for `domain`, or raises BudgetLedgerError if the run may not start.
+
+    BudgetExhausted if it does not fit, SecretReused if a run of the ledger
+    had `secret`, plain BudgetLedgerError if its lifetime or delta differ
+    from the domain's."""
     check_domain(domain)
+    if not secret:
+        raise BudgetLedgerError("a run needs a secret to be recorded in the budget ledger")
     if not lifetime_epsilon > 0:
         raise BudgetLedgerError("--lifetime_epsilon must be > 0")
     run_id = run_id or uuid.uuid4().hex
@@ -173,23 +215,32 @@ def reserve(path: str, *, domain: str, lifetime_epsilon: float, cost: RunCost,
 
     def add_run(state: dict) -> dict:
         entry = state["domains"].setdefault(
-            domain, {"lifetime_epsilon": float(lifetime_epsilon), "runs": []})
+            domain, {"lifetime_epsilon": float(lifetime_epsilon), "delta": float(cost.delta),
+                     "runs": []})
         recorded = float(entry["lifetime_epsilon"])
         if recorded != float(lifetime_epsilon):
             raise BudgetLedgerError(
                 f"the budget ledger {path} gives domain {domain!r} a lifetime epsilon of "
                 f"{recorded:g}; pass --lifetime_epsilon {recorded:g} (changing a lifetime "
                 "budget is done by editing the ledger, deliberately)")
+        delta = domain_delta(entry, cost.delta)
+        if float(cost.delta) != delta:
+            raise BudgetLedgerError(
+                f"the budget ledger {path} composes domain {domain!r} at delta {delta!r}; pass "
+                f"--delta {delta!r} (at another delta the domain's spend is another figure, and "
+                "a run at a larger one would look cheaper than it is)")
+        entry["delta"] = delta
+        _refuse_a_used_secret(state, secret, path)
         earlier = [event_from_json(run["dp_event"]) for run in entry["runs"]]
         earlier_delta = sum(float(run.get("mechanism_delta", 0.0)) for run in entry["runs"])
-        before = composed_epsilon(earlier, cost.delta, earlier_delta) if earlier else 0.0
-        after = composed_epsilon([*earlier, cost.event], cost.delta,
+        before = composed_epsilon(earlier, delta, earlier_delta) if earlier else 0.0
+        after = composed_epsilon([*earlier, cost.event], delta,
                                  earlier_delta + cost.mechanism_delta)
         if after > lifetime_epsilon:
             raise BudgetExhausted(
                 f"privacy budget of domain {domain!r} exhausted: {len(earlier)} earlier "
                 f"run(s) spent epsilon {before:.4g} and this run costs {cost.epsilon:.4g}, "
-                f"together {after:.4g} at delta {cost.delta:g}, more than --lifetime_epsilon "
+                f"together {after:.4g} at delta {delta:g}, more than --lifetime_epsilon "
                 f"{lifetime_epsilon:g} (ledger {path})")
         entry["runs"].append({
             "run_id": run_id,
@@ -198,17 +249,34 @@ def reserve(path: str, *, domain: str, lifetime_epsilon: float, cost: RunCost,
             "epsilon": cost.epsilon,
             "delta": cost.delta,
             "mechanism_delta": cost.mechanism_delta,
+            "secret_digest": secret_digest(secret, domain),
             "dp_event": event_to_json(cost.event),
             **cost.description,
         })
         outcome["reservation"] = Reservation(
             ledger=path, domain=domain, run_id=run_id, lifetime_epsilon=float(lifetime_epsilon),
-            delta=cost.delta, run_epsilon=cost.epsilon, cumulative_epsilon_before=before,
+            delta=delta, run_epsilon=cost.epsilon, cumulative_epsilon_before=before,
             cumulative_epsilon=after, runs_before=len(earlier))
         return state
 
     store.update(add_run)
     return outcome["reservation"]
+
+
+def _refuse_a_used_secret(state: dict, secret: str, path: str) -> None:
+    """SecretReused if any run in the ledger had `secret`, in this domain or another.
+
+    Within a domain, reused noise cancels between two releases about the same
+    people. Across domains it is as bad: the difference of two releases with
+    the same noise is noise-free, and one domain's data may be known."""
+    for name, entry in state["domains"].items():
+        digest = secret_digest(secret, name)
+        for run in entry.get("runs", []):
+            if run.get("secret_digest") == digest:
+                raise SecretReused(
+                    f"run {run['run_id']} of domain {name!r} already used this --run_secret "
+                    f"(ledger {path}): the same secret draws the same noise, which cancels "
+                    "between two releases; leave --run_secret unset for a fresh one")
 
 
 def set_status(path: str, domain: str, run_id: str, status: str, store=None) -> None:

@@ -184,9 +184,9 @@ class DpSynthOptions(PipelineOptions):
                                   "customers-eu; runs over the same domain share its lifetime "
                                   "budget (needs --budget_ledger)")
         privacy.add_argument("--run_secret", default=None,
-                             help="key of all noise, sampling and hashing (hex); default: fresh "
-                                  "from the OS. Set it only for reproducible tests: whoever "
-                                  "knows it can reproduce the noise")
+                             help="key of all noise, sampling and hashing (at least 32 hex "
+                                  "digits); default: fresh from the OS. Set it only for "
+                                  "reproducible tests: whoever knows it can reproduce the noise")
 
         models = parser.add_argument_group("models")
         models.add_argument("--lm", default=registry.DEFAULT_LM,

@@ -16,7 +16,7 @@ from transforms import private_evolution
 from transforms import synthetic_embeddings
 from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, UNIFORM, ClusteringConfig
 from transforms.private_generation import GenerationConfig, check_template
-from transforms.randomness import new_run_secret
+from transforms.randomness import check_run_secret, new_run_secret
 from transforms.records import FORMATS, RecordSchema
 
 GENERATION_STAGE = "generation"
@@ -157,7 +157,10 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         gate_noise=o.gate_noise, max_private_tokens=o.max_private_tokens,
         public_temperature=o.public_temperature,
         ptr=_ptr_settings(o) if o.aggregator == "median_ptr" else None)
-    secret = o.run_secret or new_run_secret()
+    try:
+        secret = check_run_secret(o.run_secret) if o.run_secret else new_run_secret()
+    except ValueError as error:
+        raise PlanError(str(error)) from None
     stop_text = o.stop_text.replace("\\n", "\n") if o.stop_text else None
     return RunPlan(
         input=o.input.replace("{date}", run_date), input_format=o.input_format,

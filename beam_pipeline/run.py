@@ -111,7 +111,7 @@ def reserve_budget(plan, epsilon: float):
     try:
         return budget_ledger.reserve(plan.budget_ledger, domain=plan.privacy_unit_domain,
                                      lifetime_epsilon=plan.lifetime_epsilon, cost=cost,
-                                     run_id=plan.run_id)
+                                     secret=plan.secret, run_id=plan.run_id)
     except budget_ledger.BudgetLedgerError as error:
         raise PlanError(str(error)) from None
 

@@ -180,7 +180,7 @@ def _common_arguments(args, private_path, out, delta):
             "--temperature", str(TEMPERATURE), "--top_k", str(TOP_K),
             "--max_new_tokens", str(args.max_new_tokens), "--max_chars", str(args.max_chars),
             "--public_corpus_size", "40", "--public_centers", "8", "--kept_centers", "4",
-            "--delta", repr(delta), "--run_secret", f"{args.seed:08x}c0ffee",
+            "--delta", repr(delta), "--run_secret", f"{args.seed:08x}{'c0ffee' * 4}",
             "--lm", args.lm, "--encoder", args.encoder,
             "--generation_batches_per_call", "8"]
 

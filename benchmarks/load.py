@@ -152,7 +152,7 @@ def run_stages(input_path: Path, work: Path, *, workers: int, check_unique: bool
             "--label_column", "label", "--label_values", ",".join(LABELS),
             "--encoder", "tiny-bert", "--encoder_sequence_length", "32",
             "--clustering", "dp_kmeans", "--kmeans_clusters", "4", "--kmeans_rounds", "2",
-            "--batch_size", str(BATCH_SIZE), "--run_secret", "10ad",
+            "--batch_size", str(BATCH_SIZE), "--run_secret", "10ad" * 8,
             "--direct_running_mode", "multi_processing", "--direct_num_workers", str(workers)]
     options = pipeline_options(argv)
     plan = make_plan(options)

@@ -175,7 +175,7 @@ def _stages(args, texts) -> None:
             argv = ["--input", str(path), "--output", str(work / "out"), "--encoder", encoder,
                     "--encoder_sequence_length", "128" if encoder != "tiny-bert" else "32",
                     "--clustering", "dp_kmeans", "--batch_size", str(BATCH_SIZE),
-                    "--run_secret", "ab12"]
+                    "--run_secret", "ab12" * 8]
             options = pipeline_options(argv)
             plan = make_plan(options)
             started = time.perf_counter()

@@ -12,7 +12,7 @@ from beam_pipeline import cli
 from beam_pipeline.audit import CANARY_PREFIX, strip_options
 from evaluation import audit
 from evaluation.memorisation import words
-from tests.pipeline_fixtures import tiny_args, write_reviews_csv
+from tests.pipeline_fixtures import FIXED_SECRET, tiny_args, write_reviews_csv
 
 # ----------------------------------------------------------------------------- canaries
 
@@ -343,7 +343,7 @@ def test_audit_command_on_tiny_models(tmp_path, capsys):
     assert {"longest_shared_run", "lcs_ratio", "attack_score", "verbatim",
             "near_verbatim", "label"} <= set(result["canaries"][0])
     assert set(result["memorisation"]) == {"members", "held_out"}
-    assert "0123abcd" not in json.dumps(result)          # the run secret is not reported
+    assert FIXED_SECRET not in json.dumps(result)        # the run secret is not reported
     dumped = json.dumps(result)
     assert not [r["text"] for r in rows if r["text"] in dumped]   # no private record quoted
 

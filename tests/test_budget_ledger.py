@@ -1,5 +1,6 @@
 """The lifetime budget ledger: composition, refusal, locking, and two runs racing for it."""
 
+import dataclasses
 import json
 import multiprocessing
 import threading
@@ -10,9 +11,15 @@ import pytest
 from beam_pipeline import budget_ledger as bl
 from beam_pipeline import cli
 from beam_pipeline.run import run
-from tests.pipeline_fixtures import tiny_args, write_reviews_csv
+from tests.pipeline_fixtures import FIXED_SECRET, tiny_args, write_reviews_csv
+from transforms.randomness import new_run_secret
 
 DELTA = 1e-6
+
+
+def reserve(path, **kwargs):
+    """bl.reserve with a fresh run secret, as a run without --run_secret has."""
+    return bl.reserve(path, **{"secret": new_run_secret(), **kwargs})
 
 
 def gaussian_cost(multiplier: float, count: int = 1) -> bl.RunCost:
@@ -44,8 +51,8 @@ def test_runs_accumulate_until_the_lifetime_budget_refuses(tmp_path):
     reservations = []
     with pytest.raises(bl.BudgetExhausted, match="budget of domain 'customers-eu' exhausted"):
         for _ in range(10):
-            reservations.append(bl.reserve(path, domain="customers-eu",
-                                           lifetime_epsilon=lifetime, cost=cost))
+            reservations.append(reserve(path, domain="customers-eu",
+                                        lifetime_epsilon=lifetime, cost=cost))
     # Composition is sub-additive: k runs cost less than k times one run.
     cumulative = [r.cumulative_epsilon for r in reservations]
     assert len(reservations) >= 2 and cumulative[-1] <= lifetime
@@ -58,29 +65,29 @@ def test_runs_accumulate_until_the_lifetime_budget_refuses(tmp_path):
     events = [bl.event_from_json(run["dp_event"]) for run in runs]
     assert bl.composed_epsilon(events, DELTA) == pytest.approx(cumulative[-1])
     # Another domain has its own budget.
-    other = bl.reserve(path, domain="customers-us", lifetime_epsilon=lifetime, cost=cost)
+    other = reserve(path, domain="customers-us", lifetime_epsilon=lifetime, cost=cost)
     assert other.runs_before == 0 and other.cumulative_epsilon == pytest.approx(cost.epsilon)
 
 
 def test_a_run_that_alone_exceeds_the_lifetime_is_refused(tmp_path):
     path = str(tmp_path / "ledger.json")
     with pytest.raises(bl.BudgetExhausted):
-        bl.reserve(path, domain="d", lifetime_epsilon=0.5, cost=gaussian_cost(1.0))
+        reserve(path, domain="d", lifetime_epsilon=0.5, cost=gaussian_cost(1.0))
     assert not (tmp_path / "ledger.json").exists()
 
 
 def test_lifetime_of_a_domain_cannot_change_silently(tmp_path):
     path = str(tmp_path / "ledger.json")
-    bl.reserve(path, domain="d", lifetime_epsilon=10, cost=gaussian_cost(3.0))
+    reserve(path, domain="d", lifetime_epsilon=10, cost=gaussian_cost(3.0))
     with pytest.raises(bl.BudgetLedgerError, match="pass --lifetime_epsilon 10"):
-        bl.reserve(path, domain="d", lifetime_epsilon=20, cost=gaussian_cost(3.0))
+        reserve(path, domain="d", lifetime_epsilon=20, cost=gaussian_cost(3.0))
 
 
 def test_status_is_recorded_and_spend_stays(tmp_path):
     path = str(tmp_path / "ledger.json")
-    first = bl.reserve(path, domain="d", lifetime_epsilon=10, cost=gaussian_cost(3.0))
+    first = reserve(path, domain="d", lifetime_epsilon=10, cost=gaussian_cost(3.0))
     bl.set_status(path, "d", first.run_id, "failed")
-    second = bl.reserve(path, domain="d", lifetime_epsilon=10, cost=gaussian_cost(3.0))
+    second = reserve(path, domain="d", lifetime_epsilon=10, cost=gaussian_cost(3.0))
     runs = bl.read_ledger(path)["domains"]["d"]["runs"]
     assert [r["status"] for r in runs] == ["failed", "reserved"]
     assert second.cumulative_epsilon_before == pytest.approx(first.run_epsilon)
@@ -92,7 +99,7 @@ def test_corrupt_ledger_is_one_line(tmp_path, text, message):
     path = tmp_path / "ledger.json"
     path.write_text(text)
     with pytest.raises(bl.BudgetLedgerError, match=message):
-        bl.reserve(str(path), domain="d", lifetime_epsilon=10, cost=gaussian_cost(3.0))
+        reserve(str(path), domain="d", lifetime_epsilon=10, cost=gaussian_cost(3.0))
 
 
 # Two runs that each fit the budget but not together: exactly one may reserve.
@@ -105,15 +112,19 @@ def race_cost() -> bl.RunCost:
     return cost
 
 
-def race_in_threads(path, *, threads=2, lifetime=RACE_LIFETIME, timeout=30.0) -> list:
-    """Reserves race_cost() from several threads at once; "ok" or "refused" per thread."""
+def race_in_threads(path, *, threads=2, lifetime=RACE_LIFETIME, timeout=30.0,
+                    secret=None) -> list:
+    """Reserves race_cost() from several threads at once; "ok" or "refused" per thread.
+
+    Each thread has a fresh secret unless `secret` gives them all the same one."""
     outcomes = []
 
     def attempt():
         try:
-            bl.reserve(path, domain="d", lifetime_epsilon=lifetime, cost=race_cost())
+            reserve(path, domain="d", lifetime_epsilon=lifetime, cost=race_cost(),
+                    secret=secret or new_run_secret())
             outcomes.append("ok")
-        except bl.BudgetExhausted:
+        except (bl.BudgetExhausted, bl.SecretReused):
             outcomes.append("refused")
 
     workers = [threading.Thread(target=attempt) for _ in range(threads)]
@@ -127,7 +138,7 @@ def race_in_threads(path, *, threads=2, lifetime=RACE_LIFETIME, timeout=30.0) ->
 def _reserve_in_process(path, barrier, results):
     barrier.wait()
     try:
-        bl.reserve(path, domain="d", lifetime_epsilon=RACE_LIFETIME, cost=race_cost())
+        reserve(path, domain="d", lifetime_epsilon=RACE_LIFETIME, cost=race_cost())
         results.put("ok")
     except bl.BudgetExhausted:
         results.put("refused")
@@ -149,9 +160,8 @@ def test_two_racing_processes_cannot_both_spend_the_last_budget(tmp_path):
     assert len(bl.read_ledger(path)["domains"]["d"]["runs"]) == 1
 
 
-def test_the_lock_holds_a_racing_thread_until_the_first_has_written(tmp_path, monkeypatch):
+def slow_reads(monkeypatch):
     """Both threads read the ledger at the same moment unless the lock serialises them."""
-    path = str(tmp_path / "ledger.json")
     store_read = bl.LocalLedgerStore.read
 
     def slow_read(self):
@@ -160,7 +170,93 @@ def test_the_lock_holds_a_racing_thread_until_the_first_has_written(tmp_path, mo
         return state
 
     monkeypatch.setattr(bl.LocalLedgerStore, "read", slow_read)
+
+
+def test_the_lock_holds_a_racing_thread_until_the_first_has_written(tmp_path, monkeypatch):
+    path = str(tmp_path / "ledger.json")
+    slow_reads(monkeypatch)
     assert race_in_threads(path) == ["ok", "refused"]
+    assert len(bl.read_ledger(path)["domains"]["d"]["runs"]) == 1
+
+
+# ------------------------------------------------------------- one delta per domain
+
+
+def test_a_domain_composes_every_run_at_the_delta_of_its_first(tmp_path):
+    """Runs at delta 1e-6 fill the budget; at delta 0.2 the same spend looks small enough
+    for more runs, whose total at 1e-6 would pass the lifetime. The domain refuses them."""
+    path = str(tmp_path / "ledger.json")
+    cost, lifetime = gaussian_cost(3.0), 3.0
+    reservations = []
+    with pytest.raises(bl.BudgetExhausted):
+        for _ in range(10):
+            reservations.append(reserve(path, domain="d", lifetime_epsilon=lifetime, cost=cost))
+    events = [cost.event] * len(reservations)
+    loose = bl.RunCost(event=cost.event, epsilon=bl.composed_epsilon([cost.event], 0.2),
+                       delta=0.2)
+    assert bl.composed_epsilon([*events, loose.event], 0.2) <= lifetime
+    assert bl.composed_epsilon([*events, loose.event], DELTA) > lifetime
+    ledger_bytes = (tmp_path / "ledger.json").read_bytes()
+    with pytest.raises(bl.BudgetLedgerError,
+                       match=r"composes domain 'd' at delta 1e-06; pass --delta 1e-06 \("):
+        reserve(path, domain="d", lifetime_epsilon=lifetime, cost=loose)
+    assert (tmp_path / "ledger.json").read_bytes() == ledger_bytes  # nothing recorded
+    assert bl.read_ledger(path)["domains"]["d"]["delta"] == DELTA
+    last = reservations[-1]
+    assert last.delta == DELTA and last.to_report()["delta"] == DELTA
+    assert last.cumulative_epsilon == pytest.approx(bl.composed_epsilon(events, DELTA))
+
+
+def test_a_ledger_without_domain_deltas_takes_the_first_runs(tmp_path):
+    path = tmp_path / "ledger.json"
+    reserve(str(path), domain="d", lifetime_epsilon=100, cost=gaussian_cost(3.0))
+    state = json.loads(path.read_text())
+    del state["domains"]["d"]["delta"]       # as written before domains kept their delta
+    path.write_text(json.dumps(state))
+    looser = dataclasses.replace(gaussian_cost(3.0), delta=1e-5)
+    with pytest.raises(bl.BudgetLedgerError, match=r"at delta 1e-06; pass --delta 1e-06"):
+        reserve(str(path), domain="d", lifetime_epsilon=100, cost=looser)
+    second = reserve(str(path), domain="d", lifetime_epsilon=100, cost=gaussian_cost(3.0))
+    assert second.delta == DELTA
+    assert json.loads(path.read_text())["domains"]["d"]["delta"] == DELTA
+
+
+# ------------------------------------------------------------- run secrets
+
+
+def test_a_ledger_refuses_a_run_secret_it_has_seen_and_never_stores_one(tmp_path):
+    path = tmp_path / "ledger.json"
+    secret = new_run_secret()
+    first = reserve(str(path), domain="d", lifetime_epsilon=100, cost=gaussian_cost(3.0),
+                    secret=secret)
+    ledger_bytes = path.read_bytes()
+    with pytest.raises(bl.SecretReused, match=f"run {first.run_id} of domain 'd' already "
+                                              "used this --run_secret"):
+        reserve(str(path), domain="d", lifetime_epsilon=100, cost=gaussian_cost(3.0),
+                secret=secret)
+    assert path.read_bytes() == ledger_bytes  # nothing recorded
+    # Same noise over two domains is as bad: their releases' difference is noise-free.
+    with pytest.raises(bl.SecretReused, match="of domain 'd' already used"):
+        reserve(str(path), domain="other", lifetime_epsilon=100, cost=gaussian_cost(3.0),
+                secret=secret)
+    other_secret = new_run_secret()
+    reserve(str(path), domain="d", lifetime_epsilon=100, cost=gaussian_cost(3.0),
+            secret=other_secret)
+    reserve(str(path), domain="other", lifetime_epsilon=100, cost=gaussian_cost(3.0))
+    text = path.read_text()
+    for used in (secret, other_secret):
+        assert used not in text and used.upper() not in text
+    runs = [run for domain in json.loads(text)["domains"].values() for run in domain["runs"]]
+    digests = [run["secret_digest"] for run in runs]
+    assert len(runs) == 3 and len(set(digests)) == 3
+    # The digest is keyed by the domain: one secret leaves unrelated digests in two domains.
+    assert bl.secret_digest(secret, "d") != bl.secret_digest(secret, "other")
+
+
+def test_two_racing_runs_with_one_secret_cannot_both_reserve(tmp_path, monkeypatch):
+    path = str(tmp_path / "ledger.json")
+    slow_reads(monkeypatch)
+    assert race_in_threads(path, lifetime=100, secret=new_run_secret()) == ["ok", "refused"]
     assert len(bl.read_ledger(path)["domains"]["d"]["runs"]) == 1
 
 
@@ -195,8 +291,12 @@ def test_recurring_runs_report_cumulative_cost_and_the_last_is_refused(tmp_path,
     assert lifetime > run_epsilon
     state = json.loads(ledger.read_text())
     assert [r["status"] for r in state["domains"]["customers-eu"]["runs"]] == ["completed"]
+    assert FIXED_SECRET not in ledger.read_text()
+    assert state["domains"]["customers-eu"]["runs"][0]["secret_digest"] == bl.secret_digest(
+        FIXED_SECRET, "customers-eu")
 
-    code = cli.main(["run", *tiny_args(reviews, tmp_path / "day2", *ledger_args(ledger, lifetime))])
+    code = cli.main(["run", *tiny_args(reviews, tmp_path / "day2", *ledger_args(ledger, lifetime),
+                                       secret=new_run_secret())])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "budget of domain 'customers-eu' exhausted" in err
@@ -207,7 +307,8 @@ def test_recurring_runs_report_cumulative_cost_and_the_last_is_refused(tmp_path,
 def test_a_bigger_lifetime_shows_the_second_run_cumulative(tmp_path, reviews):
     ledger = tmp_path / "ledger.json"
     for day in ("day1", "day2"):
-        run(tiny_args(reviews, tmp_path / day, *ledger_args(ledger, 100)), say=lambda _: None)
+        run(tiny_args(reviews, tmp_path / day, *ledger_args(ledger, 100), secret=new_run_secret()),
+            say=lambda _: None)
     first, second = (json.loads((tmp_path / d / "privacy_report.json").read_text())
                      for d in ("day1", "day2"))
     assert second["lifetime_budget"]["earlier_runs"] == 1
@@ -216,6 +317,37 @@ def test_a_bigger_lifetime_shows_the_second_run_cumulative(tmp_path, reviews):
     # Two runs compose to less than the sum of their costs, more than either.
     total = second["lifetime_budget"]["cumulative_epsilon"]
     assert second["formal_epsilon"] < total < 2 * second["formal_epsilon"]
+
+
+def refused_run(tmp_path, reviews, capsys, *args, secret=FIXED_SECRET) -> str:
+    """Runs `dpsynth run` expecting a refusal before the job; its one line of stderr."""
+    code = cli.main(["run", *tiny_args(reviews, tmp_path / "out", *args, secret=secret)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out" / "synthetic-00000-of-00001.jsonl").exists()
+    return err
+
+
+def test_dpsynth_run_at_another_delta_than_its_domains_is_refused(tmp_path, reviews, capsys):
+    ledger = tmp_path / "ledger.json"
+    tighter = dataclasses.replace(gaussian_cost(3.0), delta=1e-7)
+    reserve(str(ledger), domain="customers-eu", lifetime_epsilon=100, cost=tighter)
+    ledger_bytes = ledger.read_bytes()
+    err = refused_run(tmp_path, reviews, capsys, *ledger_args(ledger, 100))  # --delta 1e-6
+    assert "composes domain 'customers-eu' at delta 1e-07; pass --delta 1e-07" in err
+    assert ledger.read_bytes() == ledger_bytes
+
+
+def test_dpsynth_run_with_a_run_secret_the_ledger_has_seen_is_refused(tmp_path, reviews,
+                                                                       capsys):
+    ledger = tmp_path / "ledger.json"
+    earlier = reserve(str(ledger), domain="customers-eu", lifetime_epsilon=100,
+                      cost=gaussian_cost(3.0), secret=FIXED_SECRET)
+    ledger_bytes = ledger.read_bytes()
+    err = refused_run(tmp_path, reviews, capsys, *ledger_args(ledger, 100))
+    assert f"run {earlier.run_id} of domain 'customers-eu' already used this --run_secret" in err
+    assert FIXED_SECRET not in err
+    assert ledger.read_bytes() == ledger_bytes
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -242,8 +374,8 @@ def test_date_placeholder_in_input_and_output(tmp_path):
 
 def test_ledger_in_a_missing_folder_is_one_line(tmp_path):
     with pytest.raises(bl.BudgetLedgerError, match="folder of --budget_ledger .* does not exist"):
-        bl.reserve(str(tmp_path / "nope" / "ledger.json"), domain="d", lifetime_epsilon=10,
-                   cost=gaussian_cost(3.0))
+        reserve(str(tmp_path / "nope" / "ledger.json"), domain="d", lifetime_epsilon=10,
+                cost=gaussian_cost(3.0))
 
 
 def test_two_racing_dpsynth_runs_exactly_one_runs(tmp_path, reviews):
@@ -259,7 +391,8 @@ def test_two_racing_dpsynth_runs_exactly_one_runs(tmp_path, reviews):
     env = {**os.environ, "PYTHONPATH": str(root)}
     processes = [subprocess.Popen(
         [sys.executable, "-m", "beam_pipeline.cli", "run",
-         *tiny_args(reviews, tmp_path / name, *ledger_args(ledger, 1.5))],
+         *tiny_args(reviews, tmp_path / name, *ledger_args(ledger, 1.5),
+                    secret=new_run_secret())],
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name in ("a", "b")]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
@@ -293,8 +426,8 @@ def test_median_ptr_runs_compose_their_tests_and_sum_their_deltas(tmp_path):
     cost = bl.RunCost(event=event, epsilon=ledger.epsilon(), delta=DELTA,
                       mechanism_delta=ledger.mechanism_delta)
     path = str(tmp_path / "ledger.json")
-    first = bl.reserve(path, domain="d", lifetime_epsilon=100.0, cost=cost)
-    second = bl.reserve(path, domain="d", lifetime_epsilon=100.0, cost=cost)
+    first = reserve(path, domain="d", lifetime_epsilon=100.0, cost=cost)
+    second = reserve(path, domain="d", lifetime_epsilon=100.0, cost=cost)
     assert first.cumulative_epsilon == pytest.approx(ledger.epsilon())
     accountant = accounting.rdp_accountant()
     accountant.compose(event, 2)
@@ -302,4 +435,4 @@ def test_median_ptr_runs_compose_their_tests_and_sum_their_deltas(tmp_path):
         accountant.get_epsilon(DELTA - 2 * ledger.mechanism_delta))
     # Two tests of delta/2 each use the whole delta: a third run cannot be converted.
     with pytest.raises(bl.BudgetExhausted, match="stability tests already spend delta"):
-        bl.reserve(path, domain="d", lifetime_epsilon=100.0, cost=cost)
+        reserve(path, domain="d", lifetime_epsilon=100.0, cost=cost)

@@ -9,8 +9,9 @@ from beam_pipeline import budget_ledger as bl
 from beam_pipeline import cli
 from beam_pipeline.run import run
 from tests.pipeline_fixtures import tiny_args, write_reviews_csv
-from tests.test_budget_ledger import RACE_LIFETIME, race_cost, race_in_threads
+from tests.test_budget_ledger import RACE_LIFETIME, race_cost, race_in_threads, reserve
 from transforms import storage
+from transforms.randomness import new_run_secret
 
 
 def upload(bucket, name, path):
@@ -123,10 +124,10 @@ def test_missing_bucket_or_object_is_one_line(sharded_input, tmp_path, capsys, w
 def test_gcs_ledger_accumulates_and_refuses(gcs_bucket):
     path = f"gs://{gcs_bucket}/budget/ledger.json"
     cost = race_cost()
-    first = bl.reserve(path, domain="d", lifetime_epsilon=RACE_LIFETIME, cost=cost)
+    first = reserve(path, domain="d", lifetime_epsilon=RACE_LIFETIME, cost=cost)
     assert first.cumulative_epsilon == pytest.approx(cost.epsilon)
     with pytest.raises(bl.BudgetExhausted):
-        bl.reserve(path, domain="d", lifetime_epsilon=RACE_LIFETIME, cost=cost)
+        reserve(path, domain="d", lifetime_epsilon=RACE_LIFETIME, cost=cost)
     bl.set_status(path, "d", first.run_id, "completed")
     runs = bl.read_ledger(path)["domains"]["d"]["runs"]
     assert [r["status"] for r in runs] == ["completed"]
@@ -175,7 +176,8 @@ def test_recurring_runs_with_a_gcs_ledger(sharded_input, capsys):
     report = json.loads(read_object(bucket, "day1/privacy_report.json"))
     assert report["lifetime_budget"]["cumulative_epsilon"] == pytest.approx(
         report["formal_epsilon"])
-    code = cli.main(["run", *tiny_args(source, f"gs://{bucket}/day2", *ledger)])
+    code = cli.main(["run", *tiny_args(source, f"gs://{bucket}/day2", *ledger,
+                                       secret=new_run_secret())])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "exhausted" in err and len(err.splitlines()) == 1
     assert object_names(bucket, "day2/") == []

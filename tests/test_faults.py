@@ -35,13 +35,14 @@ def test_failed_first_attempts_are_retried_without_changing_the_release(tmp_path
     args = ["--clustering", "uniform", "--aggregator", "median", "--max_new_tokens", "5",
             "--generation_batches_per_call", str(BATCHES_PER_CALL), *MULTI_PROCESSING]
     clean = tmp_path / "clean"
-    clean_summary = run(tiny_args(reviews, clean, *args, secret="5eed"), say=lambda _: None)
+    clean_summary = run(tiny_args(reviews, clean, *args, secret="5eed" * 8), say=lambda _: None)
 
     markers = tmp_path / "markers"
     markers.mkdir()
     monkeypatch.setenv(FAULT_ENV, str(markers))
     faulty = tmp_path / "faulty"
-    faulty_summary = run(tiny_args(reviews, faulty, *args, secret="5eed"), say=lambda _: None)
+    faulty_summary = run(tiny_args(reviews, faulty, *args, secret="5eed" * 8),
+                         say=lambda _: None)
 
     planned = clean_summary["planned_batches"]
     assert planned >= 4

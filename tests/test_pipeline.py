@@ -59,7 +59,7 @@ def test_target_epsilon_is_respected_or_refused_before_reading(tmp_path, reviews
 
 def test_fixed_secret_is_reproducible_and_another_secret_differs(tmp_path, reviews):
     outputs = []
-    for name, secret in (("a", "00aa"), ("b", "00aa"), ("c", "11bb")):
+    for name, secret in (("a", "00aa" * 8), ("b", "00aa" * 8), ("c", "11bb" * 8)):
         run(tiny_args(reviews, tmp_path / name, "--clustering", "uniform", "--aggregator",
                       "mean", "--max_new_tokens", "6", secret=secret), say=lambda _: None)
         outputs.append(synthetic_bytes(tmp_path / name))

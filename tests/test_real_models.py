@@ -80,7 +80,7 @@ def test_real_models_end_to_end(tmp_path):
                    "--clustering", "public_centers", "--aggregator", "median",
                    "--public_corpus_size", "8", "--public_centers", "2", "--kept_centers", "2",
                    "--histogram_noise", "1", "--batch_size", "8", "--max_new_tokens", "8",
-                   "--clip", "4", "--run_secret", "5eed"], say=lambda _: None)
+                   "--clip", "4", "--run_secret", "5eed" * 8], say=lambda _: None)
     assert summary["records_accepted"] == 5000 and summary["records_rejected"] == 0
     # About 40 kept: each record with probability 40 / (5000 + noise).
     kept = summary["records_embedded"]

@@ -9,15 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 import numpy as np
 
 SECRET_BYTES = 32
+# A secret is a key: one short enough to search lets whoever finds it redraw,
+# and so subtract, every noise draw of the run.
+MIN_SECRET_BITS = 128
+BITS_PER_HEX_DIGIT = 4
+MIN_SECRET_HEX_DIGITS = MIN_SECRET_BITS // BITS_PER_HEX_DIGIT
+HEX_DIGITS = re.compile(r"[0-9a-fA-F]+")
 
 
 def new_run_secret() -> str:
     return secrets.token_hex(SECRET_BYTES)
+
+
+def check_run_secret(secret: str) -> str:
+    """`secret` if it is a hex string of at least 128 bits; ValueError (one line) if not.
+
+    Bits are counted as the documented format carries them, 4 per hex digit,
+    so 128 bits are 32 hex digits. The key is the string itself, not the bytes
+    it spells, so an odd number of digits is fine. No check can tell a random
+    secret from a guessable one of the same length; this one refuses those too
+    short to be safe whatever their digits."""
+    wanted = f"at least {MIN_SECRET_HEX_DIGITS} hex digits ({MIN_SECRET_BITS} bits)"
+    advice = (f"leave it unset for a fresh one, or make one with "
+              f"`python -c 'import secrets; print(secrets.token_hex({SECRET_BYTES}))'`")
+    if not HEX_DIGITS.fullmatch(secret):
+        raise ValueError(f"--run_secret must be hexadecimal (0-9, a-f), {wanted}: {advice}")
+    if len(secret) < MIN_SECRET_HEX_DIGITS:
+        raise ValueError(f"--run_secret has {len(secret)} hex digits "
+                         f"({len(secret) * BITS_PER_HEX_DIGIT} bits); it needs {wanted}: {advice}")
+    return secret
 
 
 def _key(secret: str) -> bytes:

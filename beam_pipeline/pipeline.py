@@ -7,7 +7,7 @@ import apache_beam as beam
 from beam_pipeline.options import LOGIT_AGGREGATION, PRIVATE_EVOLUTION
 from beam_pipeline.plan import GENERATION_STAGE, RunPlan, plan_ledger
 from transforms.assign_to_batches import AssignToBatches, planned_batch_id_list
-from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, Cluster, DpKMeans, ObservedLabels
+from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, Cluster, DpKMeans
 from transforms.embed import BoundContributions, EmbedRecords
 from transforms.evolve import PrivateEvolution
 from transforms.generate import GenerateSynthetic
@@ -50,9 +50,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
                           "records_batched")]
         report_inputs.update(generation=synthetic, release=release)
     elif plan.method == PRIVATE_EVOLUTION:
-        evolved = ({"embedded": embedded,
-                    "observed_labels": embedded | "ObservedLabels" >> ObservedLabels()}
-                   | "PrivateEvolution" >> _private_evolution(plan))
+        evolved = embedded | "PrivateEvolution" >> _private_evolution(plan)
         synthetic = evolved["population"]
         report_inputs.update(rounds=evolved["rounds"])
     else:
@@ -71,15 +69,14 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
                     | "ReleaseSyntheticEmbeddings" >> ReleaseSyntheticEmbeddings(
                         plan.embeddings, plan.secret,
                         output_path(staging, f"synthetic_embeddings.{plan.embeddings_format}"),
-                        labels=plan.labels))
+                        labels=plan.clustering.labels))
         written.append(released["written"])
         counts.append(released["summary"] | "EmbeddingsWritten" >> beam.Map(
             lambda summary: ("synthetic_embeddings", summary["samples_written"])))
     report_inputs["counts"] = counts | "AllCounts" >> beam.Flatten()
     written.append(report_inputs | "WriteReports" >> WriteReports(
         staging, lambda: plan_ledger(plan), generation_stage=GENERATION_STAGE,
-        parameters=report_parameters(plan), lifetime_budget=plan.lifetime_budget,
-        labels_from_data=plan.schema.label_column is not None and plan.labels is None))
+        parameters=report_parameters(plan), lifetime_budget=plan.lifetime_budget))
     tuple(written) | "PublishOutputs" >> PublishOutputs(staging, plan.output)
 
 
@@ -106,8 +103,8 @@ def _private_evolution(plan: RunPlan) -> PrivateEvolution:
     return PrivateEvolution(
         plan.evolution, lm=plan.lm, encoder=plan.encoder,
         encoder_sequence_length=plan.encoder_sequence_length, template=plan.template,
-        variation_template=plan.variation_template, labels=plan.labels, secret=plan.secret,
-        stop_text=plan.stop_text, max_new_tokens=generation.max_new_tokens,
+        variation_template=plan.variation_template, labels=plan.clustering.labels,
+        secret=plan.secret, stop_text=plan.stop_text, max_new_tokens=generation.max_new_tokens,
         temperature=generation.temperature, top_k=generation.top_k,
         # A member is one prompt row, a batch s + 1: calls keep the rows of that many batches.
         texts_per_call=plan.batches_per_call * (generation.expected_batch_size + 1))
@@ -120,8 +117,7 @@ def _embedding_centres(pipeline, plan: RunPlan, embedded):
     if mode == PUBLIC_CENTERS:
         return pipeline | "PublicCentres" >> _public_centres(plan)
     if mode == DP_KMEANS:
-        return embedded | "DpKMeans" >> DpKMeans(
-            plan.clustering, plan.secret, embedded | "EmbeddingsLabels" >> ObservedLabels())
+        return embedded | "DpKMeans" >> DpKMeans(plan.clustering, plan.secret)
     return pipeline | "OneCentrePerLabel" >> beam.Create([None])
 
 

@@ -278,7 +278,7 @@ def test_transform_writes_the_sampled_embeddings_on_the_fn_api_runner(tmp_path, 
     pipeline = TestPipeline(runner="FnApiRunner")
     result = ({"embedded": pipeline | "Embedded" >> beam.Create(pairs),
                "centres": pipeline | "Centres" >> beam.Create([centres])}
-              | ReleaseSyntheticEmbeddings(config, "secret", path))
+              | ReleaseSyntheticEmbeddings(config, "secret", path, labels=("pos", "neg")))
     assert_that(result["written"], equal_to([path]), label="Written")
     assert_that(result["summary"] | beam.Map(
         lambda s: (s["cells_released"], s["samples_written"], s["dimension"])),
@@ -365,3 +365,4 @@ def test_transform_refuses_an_unknown_extension():
     config = lib.EmbeddingReleaseConfig(count_noise=1.0, sum_noise=1.0)
     with pytest.raises(lib.EmbeddingsFileError, match="cannot tell the format"):
         ReleaseSyntheticEmbeddings(config, "secret", "out/embeddings.csv")
+

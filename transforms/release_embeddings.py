@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import synthetic_embeddings as lib
-from transforms.cluster import ObservedLabels, centres_by_label, label_domain, nearest_index
+from transforms.cluster import centres_by_label, centres_of_label, nearest_index
 from transforms.randomness import keyed_generator
 from transforms.read import NAMESPACE
 
@@ -58,7 +58,7 @@ class ReleaseSyntheticEmbeddings(beam.PTransform):
     `centres`: what `transforms.cluster.centres_by_label` takes: a dict label -> (K, D)
     array (DpKMeans' output, or `ClusterRelease.centres` in any clustering mode), one (K, D)
     array for every label (public centres), or None (uniform: one cell per label).
-    `labels`: the public label domain, or None for the observed labels (the same labels,
+    `labels`: the public label domain, (None,) for records without a label (the same labels,
     in the same order, as a release of transforms/cluster.py). `output_path` ends in .npz or
     .parquet. "summary" is a singleton dict (cells released, cells used, samples written,
     path); "written" a singleton holding the path, complete once the file is written (for
@@ -66,28 +66,22 @@ class ReleaseSyntheticEmbeddings(beam.PTransform):
     """
 
     def __init__(self, config: lib.EmbeddingReleaseConfig, secret: str, output_path: str, *,
-                 labels: tuple | None = None):
+                 labels: tuple = (None,)):
         super().__init__()
         lib.format_of(output_path)  # a wrong extension fails while the graph is built
         self._config = config
         self._secret = secret
         self._path = output_path
-        self._labels = None if labels is None else tuple(labels)
+        self._labels = tuple(labels)
 
     def expand(self, inputs):
         embedded, centres = inputs["embedded"], inputs["centres"]
         config, secret, path, labels = self._config, self._secret, self._path, self._labels
-        observed = embedded | "ObservedLabels" >> ObservedLabels()
-        per_label = centres | "CentresPerLabel" >> beam.Map(
-            lambda shared, seen: centres_by_label(shared, label_domain(labels, seen)),
-            beam.pvalue.AsSingleton(observed))
+        per_label = centres | "CentresPerLabel" >> beam.Map(centres_by_label, labels)
 
         def nearest(pair, centres_by_label):
             record, embedding = pair
-            label_centres = centres_by_label.get(record.label)
-            if label_centres is None:
-                raise ValueError(f"record {record.record_id} has a label outside the release's "
-                                 "label domain")
+            label_centres = centres_of_label(centres_by_label, record)
             embedding = lib.clip_to_unit_norm(embedding)[0]
             return (record.label, nearest_index(embedding, label_centres)), embedding
 

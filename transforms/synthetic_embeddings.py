@@ -150,8 +150,8 @@ def stacked_statistics(statistics: dict, domain: Sequence[Hashable], dimension: 
 def release_domain(labels: Sequence, centres_per_label: dict) -> list[tuple]:
     """Every (label, centre index) of the label domain: the cells released, empty or not.
 
-    The labels are the public label domain (or the labels the clustering was run on) and the
-    centres a DP release, so the list of cells does not depend on the records themselves.
+    The labels are the public label domain and the centres a DP release (or public), so the
+    list of cells does not depend on the records themselves.
     """
     return [(label, j) for label in labels for j in range(len(centres_per_label[label]))]
 

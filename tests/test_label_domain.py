@@ -35,7 +35,7 @@ def _cluster(mode):
     def stage(embedded):
         config = ClusteringConfig(mode=mode, expected_batch_size=2, histogram_noise=1.0,
                                   kmeans_clusters=2, kmeans_rounds=1)
-        return (embedded | Cluster(config, "secret"))["release"]
+        return (embedded | Cluster(config, "secret", dimension=4))["release"]
     return stage
 
 
@@ -44,7 +44,8 @@ def _embeddings(tmp_path):
         centres = embedded.pipeline | "Centres" >> beam.Create([None])
         config = lib.EmbeddingReleaseConfig(count_noise=1.0, sum_noise=1.0)
         released = ({"embedded": embedded, "centres": centres}
-                    | ReleaseSyntheticEmbeddings(config, "secret", str(tmp_path / "e.npz")))
+                    | ReleaseSyntheticEmbeddings(config, "secret", str(tmp_path / "e.npz"),
+                                                 dimension=4))
         return released["summary"]
     return stage
 

@@ -141,18 +141,23 @@ class Cluster(beam.PTransform):
     """(record, embedding) -> ((label, centre), record), plus the ClusterRelease singleton.
 
     `public_centres`: for PUBLIC_CENTERS, a singleton PCollection of the
-    (K, D) centres fitted on the public corpus.
+    (K, D) centres fitted on the public corpus. `dimension`: for DP_KMEANS, the
+    encoder's output dimension (`offline_models.loading.encoder_dimension`).
     """
 
-    def __init__(self, config: ClusteringConfig, secret: str, public_centres=None):
+    def __init__(self, config: ClusteringConfig, secret: str, public_centres=None, *,
+                 dimension: int | None = None):
         super().__init__()
         if config.mode not in (UNIFORM, PUBLIC_CENTERS, DP_KMEANS):
             raise ValueError(f"unknown clustering '{config.mode}'")
         if config.mode == PUBLIC_CENTERS and public_centres is None:
             raise ValueError("public_centers clustering needs the public centres")
+        if config.mode == DP_KMEANS and dimension is None:
+            raise ValueError("dp_kmeans clustering needs the encoder's dimension")
         self._config = config
         self._secret = secret
         self._public_centres = public_centres
+        self._dimension = dimension
 
     def expand(self, embedded):
         config, secret = self._config, self._secret
@@ -161,7 +166,7 @@ class Cluster(beam.PTransform):
         elif config.mode == PUBLIC_CENTERS:
             centres = self._public_centres
         else:
-            centres = embedded | "DpKMeans" >> DpKMeans(config, secret)
+            centres = embedded | "DpKMeans" >> DpKMeans(config, secret, self._dimension)
 
         label_centres = centres | "CentresPerLabel" >> beam.Map(centres_by_label, config.labels)
 
@@ -214,25 +219,31 @@ class _NoisyLloydStep(beam.DoFn):
 
 
 class DpKMeans(beam.PTransform):
-    """T unrolled noisy Lloyd rounds; the centres travel as a singleton side input."""
+    """T unrolled noisy Lloyd rounds; the centres travel as a singleton side input.
 
-    def __init__(self, config: ClusteringConfig, secret: str):
+    The initial centres are random unit vectors of the encoder's `dimension`, keyed by the
+    run secret: nothing about the records, not even their width, shapes them, so an empty
+    input runs like any other.
+    """
+
+    def __init__(self, config: ClusteringConfig, secret: str, dimension: int):
         super().__init__()
+        if dimension < 1:
+            raise ValueError(f"the encoder's dimension must be >= 1, got {dimension}")
         self._config = config
         self._secret = secret
+        self._dimension = int(dimension)
 
     def expand(self, embedded):
-        config, secret = self._config, self._secret
+        config, secret, dimension = self._config, self._secret, self._dimension
 
-        def initial_centres(dimension):
+        def initial_centres(_):
             return {label: clustering.random_unit_centres(
                 config.kmeans_clusters, dimension,
                 keyed_generator(secret, DP_KMEANS, "init", label)) for label in config.labels}
 
-        dimension = (embedded | "Dimension" >> beam.Map(lambda pair: len(pair[1]))
-                     | "OneDimension" >> beam.combiners.Top.Largest(1)
-                     | "Unwrap" >> beam.Map(lambda top: top[0]))
-        centres = dimension | "InitialCentres" >> beam.Map(initial_centres)
+        centres = (embedded.pipeline | "Seed" >> beam.Create([None])
+                   | "InitialCentres" >> beam.Map(initial_centres))
         for round_index in range(config.kmeans_rounds):
             stats = (embedded
                      | f"Assign {round_index}" >> beam.Map(

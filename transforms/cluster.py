@@ -64,18 +64,11 @@ class ClusterStatsCombineFn(beam.CombineFn):
 
     def add_input(self, accumulator, keyed_embedding):
         key, embedding = keyed_embedding
-        count, total = accumulator.get(key, (0, 0.0))
-        accumulator[key] = (count + 1,
-                            total + np.asarray(embedding, "float64") if self._with_sums else 0.0)
-        return accumulator
+        return clustering.add_to_cluster(accumulator, key,
+                                         embedding if self._with_sums else None)
 
     def merge_accumulators(self, accumulators):
-        merged = {}
-        for accumulator in accumulators:
-            for key, (count, total) in accumulator.items():
-                old_count, old_total = merged.get(key, (0, 0.0))
-                merged[key] = (old_count + count, old_total + total)
-        return merged
+        return clustering.merge_cluster_statistics(accumulators)
 
     def extract_output(self, accumulator):
         return accumulator

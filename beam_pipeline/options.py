@@ -36,11 +36,12 @@ class DpSynthOptions(PipelineOptions):
         data.add_argument("--text_column", default="text", help="column holding the text")
         data.add_argument("--label_column", default=None,
                           help="optional label column: clustering and batching run per label, "
-                               "and the prompt and the output carry the label")
+                               "and the prompt and the output carry the label; needs "
+                               "--label_values")
         data.add_argument("--label_values", default=None,
                           help="the PUBLIC set of label values, comma-separated or @file with "
-                               "one per line; records with other labels are rejected. Without "
-                               "it the observed labels are used and the report says so")
+                               "one per line, required with --label_column; records with "
+                               "other labels are rejected")
         data.add_argument("--id_column", default=None,
                           help="record id column (default: file name and row number)")
         data.add_argument("--privacy_unit_column", default=None,

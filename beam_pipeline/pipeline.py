@@ -6,8 +6,9 @@ import apache_beam as beam
 
 from beam_pipeline.options import LOGIT_AGGREGATION, PRIVATE_EVOLUTION
 from beam_pipeline.plan import GENERATION_STAGE, RunPlan, plan_ledger
+from offline_models.loading import encoder_dimension
 from transforms.assign_to_batches import AssignToBatches, planned_batch_id_list
-from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, Cluster, DpKMeans, ObservedLabels
+from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, Cluster, DpKMeans
 from transforms.embed import BoundContributions, EmbedRecords
 from transforms.evolve import PrivateEvolution
 from transforms.generate import GenerateSynthetic
@@ -17,6 +18,15 @@ from transforms.read import REJECTED_TAG, ReadRecords
 from transforms.release_embeddings import ReleaseSyntheticEmbeddings
 from transforms.report import WriteReports
 from transforms.write import PublishOutputs, WriteJsonLines, output_path, staging_dir
+
+
+def embedding_dimension(plan: RunPlan) -> int | None:
+    """The encoder's output dimension when a release is sized by it (DP k-means with logit
+    aggregation, or the synthetic embeddings), else None. It comes from the encoder's
+    preset, never from the records, so an empty input releases the same shapes."""
+    sized = plan.embeddings or (plan.method == LOGIT_AGGREGATION
+                                and plan.clustering.mode == DP_KMEANS)
+    return encoder_dimension(plan.encoder) if sized else None
 
 
 def usable_records(pipeline: beam.Pipeline, plan: RunPlan) -> dict:
@@ -65,15 +75,14 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
         staging, "rejected", lambda r: {"source": r.source, "reason": r.reason,
                                          "raw_excerpt": r.raw_excerpt})]
     report_inputs = {}
+    dimension = embedding_dimension(plan)
     if plan.method == LOGIT_AGGREGATION:
-        synthetic, release, batches = _logit_aggregation(pipeline, plan, embedded)
+        synthetic, release, batches = _logit_aggregation(pipeline, plan, embedded, dimension)
         counts += [_count(batches | "Members" >> beam.FlatMap(lambda b: b.members),
                           "records_batched")]
         report_inputs.update(generation=synthetic, release=release)
     elif plan.method == PRIVATE_EVOLUTION:
-        evolved = ({"embedded": embedded,
-                    "observed_labels": embedded | "ObservedLabels" >> ObservedLabels()}
-                   | "PrivateEvolution" >> _private_evolution(plan))
+        evolved = embedded | "PrivateEvolution" >> _private_evolution(plan)
         synthetic = evolved["population"]
         report_inputs.update(rounds=evolved["rounds"])
     else:
@@ -87,29 +96,29 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan) -> None:
             centres = report_inputs["release"] | "ReleasedCentres" >> beam.Map(
                 lambda r: r.centres)
         else:
-            centres = _embedding_centres(pipeline, plan, embedded)
+            centres = _embedding_centres(pipeline, plan, embedded, dimension)
         released = ({"embedded": embedded, "centres": centres}
                     | "ReleaseSyntheticEmbeddings" >> ReleaseSyntheticEmbeddings(
                         plan.embeddings, plan.secret,
                         output_path(staging, f"synthetic_embeddings.{plan.embeddings_format}"),
-                        labels=plan.labels))
+                        labels=plan.clustering.labels, dimension=dimension))
         written.append(released["written"])
         counts.append(released["summary"] | "EmbeddingsWritten" >> beam.Map(
             lambda summary: ("synthetic_embeddings", summary["samples_written"])))
     report_inputs["counts"] = counts | "AllCounts" >> beam.Flatten()
     written.append(report_inputs | "WriteReports" >> WriteReports(
         staging, lambda: plan_ledger(plan), generation_stage=GENERATION_STAGE,
-        parameters=report_parameters(plan), lifetime_budget=plan.lifetime_budget,
-        labels_from_data=plan.schema.label_column is not None and plan.labels is None))
+        parameters=report_parameters(plan), lifetime_budget=plan.lifetime_budget))
     tuple(written) | "PublishOutputs" >> PublishOutputs(staging, plan.output)
 
 
-def _logit_aggregation(pipeline, plan: RunPlan, embedded):
+def _logit_aggregation(pipeline, plan: RunPlan, embedded, dimension: int | None):
     """Cluster, batch and generate: (synthetic records, the cluster release, the batches)."""
     public_centres = None
     if plan.clustering.mode == PUBLIC_CENTERS:
         public_centres = pipeline | "PublicCentres" >> _public_centres(plan)
-    clusters = embedded | "Cluster" >> Cluster(plan.clustering, plan.secret, public_centres)
+    clusters = embedded | "Cluster" >> Cluster(plan.clustering, plan.secret, public_centres,
+                                               dimension=dimension)
     release = clusters["release"]
     batches = clusters["clustered"] | "AssignToBatches" >> AssignToBatches(
         release, expected_batch_size=plan.generation.expected_batch_size, secret=plan.secret)
@@ -127,22 +136,21 @@ def _private_evolution(plan: RunPlan) -> PrivateEvolution:
     return PrivateEvolution(
         plan.evolution, lm=plan.lm, encoder=plan.encoder,
         encoder_sequence_length=plan.encoder_sequence_length, template=plan.template,
-        variation_template=plan.variation_template, labels=plan.labels, secret=plan.secret,
-        stop_text=plan.stop_text, max_new_tokens=generation.max_new_tokens,
+        variation_template=plan.variation_template, labels=plan.clustering.labels,
+        secret=plan.secret, stop_text=plan.stop_text, max_new_tokens=generation.max_new_tokens,
         temperature=generation.temperature, top_k=generation.top_k,
         # A member is one prompt row, a batch s + 1: calls keep the rows of that many batches.
         texts_per_call=plan.batches_per_call * (generation.expected_batch_size + 1))
 
 
-def _embedding_centres(pipeline, plan: RunPlan, embedded):
+def _embedding_centres(pipeline, plan: RunPlan, embedded, dimension: int):
     """The centres of --clustering when no logit aggregation computed them: one placeholder
     per label (uniform), the public centres, or DP k-means (charged to the embeddings)."""
     mode = plan.clustering.mode
     if mode == PUBLIC_CENTERS:
         return pipeline | "PublicCentres" >> _public_centres(plan)
     if mode == DP_KMEANS:
-        return embedded | "DpKMeans" >> DpKMeans(
-            plan.clustering, plan.secret, embedded | "EmbeddingsLabels" >> ObservedLabels())
+        return embedded | "DpKMeans" >> DpKMeans(plan.clustering, plan.secret, dimension)
     return pipeline | "OneCentrePerLabel" >> beam.Create([None])
 
 

@@ -140,6 +140,11 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     labels = _label_values(o.label_values) if o.label_values else None
     if labels is not None and not labelled:
         raise PlanError("--label_values needs --label_column")
+    # Labels seen in the data are not public: releasing a cell per observed label would
+    # show which labels occur (METHOD.md §0, example 4).
+    if labelled and labels is None:
+        raise PlanError("--label_column needs --label_values: list the public label values "
+                        "(comma-separated, or @file with one per line)")
     schema = RecordSchema(text_column=o.text_column, label_column=o.label_column,
                           id_column=o.id_column, unit_column=o.privacy_unit_column,
                           max_chars=o.max_chars, over_length=o.over_length)
@@ -148,8 +153,6 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         labels=labels if labelled else (None,), kept_centers=o.kept_centers,
         kmeans_clusters=o.kmeans_clusters, kmeans_rounds=o.kmeans_rounds,
         kmeans_sum_noise=o.kmeans_sum_noise, kmeans_count_noise=o.kmeans_count_noise)
-    if labelled and labels is None:
-        clustering = dataclasses.replace(clustering, labels=None)
     generation = GenerationConfig(
         aggregator=o.aggregator, clip=o.clip, temperature=o.temperature,
         expected_batch_size=o.batch_size, max_new_tokens=o.max_new_tokens, top_k=o.top_k,

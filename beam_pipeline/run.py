@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import DirectOptions, StandardOptions,
 
 from beam_pipeline import budget_ledger
 from beam_pipeline.options import LOGIT_AGGREGATION, PRIVATE_EVOLUTION, DpSynthOptions
-from beam_pipeline.pipeline import build_pipeline, report_parameters
+from beam_pipeline.pipeline import build_pipeline, embedding_dimension, report_parameters
 from beam_pipeline.plan import PlanError, check_budget, make_plan, plan_ledger
 from offline_models import registry
 from offline_models.loading import TINY_ENCODER, TINY_LM
@@ -74,6 +74,7 @@ def preflight(plan) -> None:
                                (plan.encoder, registry.resolve_encoder)):
         if reference not in (TINY_LM, TINY_ENCODER):
             resolve(reference)
+    embedding_dimension(plan)  # an encoder whose dimension cannot be read fails here
     probe = FileSystems.join(plan.output, ".dpsynth-write-check")
     try:
         if not plan.output.startswith("gs://"):

@@ -146,6 +146,7 @@ def run_stages(input_path: Path, work: Path, *, workers: int, check_unique: bool
     from transforms.assign_to_batches import AssignToBatches
     from transforms.cluster import Cluster
     from transforms.embed import EmbedRecords
+    from offline_models.loading import encoder_dimension
     from transforms.read import REJECTED_TAG, ReadRecords
 
     argv = ["--input", str(input_path), "--output", str(work / "out"),
@@ -178,7 +179,8 @@ def run_stages(input_path: Path, work: Path, *, workers: int, check_unique: bool
         embedded = read["records"] | "EmbedRecords" >> EmbedRecords(
             plan.encoder, sequence_length=plan.encoder_sequence_length)
     if last >= 2:
-        clusters = embedded | "Cluster" >> Cluster(plan.clustering, plan.secret)
+        clusters = embedded | "Cluster" >> Cluster(plan.clustering, plan.secret,
+                                                   dimension=encoder_dimension(plan.encoder))
     if last >= 3:
         batches = clusters["clustered"] | "AssignToBatches" >> AssignToBatches(
             clusters["release"], expected_batch_size=BATCH_SIZE, secret=plan.secret)

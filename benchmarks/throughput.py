@@ -153,6 +153,7 @@ def _stages(args, texts) -> None:
 
     from beam_pipeline.plan import make_plan
     from beam_pipeline.run import pipeline_options
+    from offline_models.loading import encoder_dimension
     from transforms.assign_to_batches import AssignToBatches
     from transforms.cluster import Cluster
     from transforms.embed import EmbedRecords
@@ -183,7 +184,8 @@ def _stages(args, texts) -> None:
             read = pipeline | "Read" >> ReadRecords(plan.input, plan.schema)
             embedded = read["records"] | "Embed" >> EmbedRecords(
                 plan.encoder, sequence_length=plan.encoder_sequence_length)
-            clusters = embedded | "Cluster" >> Cluster(plan.clustering, plan.secret)
+            clusters = embedded | "Cluster" >> Cluster(
+                plan.clustering, plan.secret, dimension=encoder_dimension(plan.encoder))
             batches = clusters["clustered"] | "Batch" >> AssignToBatches(
                 clusters["release"], expected_batch_size=BATCH_SIZE, secret=plan.secret)
             _ = batches | "Count" >> beam.Map(lambda batch: batch_counter.inc())

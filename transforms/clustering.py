@@ -1,4 +1,5 @@
-"""Clustering math, Beam-free: k-means on public data, nearest centres, noisy Lloyd steps.
+"""Clustering math, Beam-free: k-means on public data, nearest centres, clipped cluster sums,
+noisy Lloyd steps.
 
 Privacy lives in the callers' choice of inputs: `fit_kmeans` only ever sees
 public embeddings; what touches private records is a histogram or a sum that
@@ -14,6 +15,23 @@ def normalise_rows(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype="float64")
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+def clip_to_unit_norm(vectors: np.ndarray) -> np.ndarray:
+    """Rows of norm above 1 scaled down to norm 1; shorter rows unchanged.
+
+    Every released sum of embeddings (DP k-means, synthetic embeddings) has L2 sensitivity
+    1 only if ||x|| <= 1. The encoder normalises its output, but the bound must not rest on
+    that: a different encoder, a rounding error or a zero-padded row would otherwise let one
+    record move a sum by more than the noise was calibrated for. Clipping makes the bound
+    hold whatever the encoder returns. A row that is not finite breaks every bound and is an
+    error, not something to clip.
+    """
+    vectors = np.atleast_2d(np.asarray(vectors, dtype="float64"))
+    if not np.all(np.isfinite(vectors)):
+        raise ValueError("an embedding holds NaN or infinity")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1.0)
 
 
 def nearest_centre(embeddings: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -58,6 +76,26 @@ def random_unit_centres(k: int, dimension: int, rng: np.random.Generator) -> np.
     return normalise_rows(rng.normal(size=(k, dimension)))
 
 
+def add_to_cluster(statistics: dict, key, embedding=None) -> dict:
+    """Adds one record to its cluster's (count, sum of embeddings); without an embedding,
+    to the count only. The embedding is clipped to norm 1 first, so the sums DP k-means
+    releases move by at most 1 in L2 per record, whatever the encoder returned."""
+    count, total = statistics.get(key, (0, 0.0))
+    if embedding is not None:
+        total = total + clip_to_unit_norm(embedding)[0]
+    statistics[key] = (count + 1, total)
+    return statistics
+
+
+def merge_cluster_statistics(parts) -> dict:
+    merged = {}
+    for part in parts:
+        for key, (count, total) in part.items():
+            old_count, old_total = merged.get(key, (0, 0.0))
+            merged[key] = (old_count + count, old_total + total)
+    return merged
+
+
 def noisy_counts(counts: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Gaussian mechanism on a histogram; adding or removing a record changes one cell by 1."""
     counts = np.asarray(counts, dtype="float64")
@@ -75,9 +113,9 @@ def noisy_lloyd_centres(sums: np.ndarray, counts: np.ndarray, previous: np.ndarr
                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One DP Lloyd step: noisy sums over noisy counts, renormalised to norm 1.
 
-    Each record has norm 1, so a record moves one centre's sum by at most 1 in
-    L2 and one count by 1. A centre whose noisy count is below 1 keeps its
-    previous position rather than dividing noise by noise.
+    Each record is clipped to norm at most 1 (`add_to_cluster`), so a record moves one
+    centre's sum by at most 1 in L2 and one count by 1. A centre whose noisy count is below
+    1 keeps its previous position rather than dividing noise by noise.
     """
     sums = np.asarray(sums, dtype="float64")
     counts = np.asarray(counts, dtype="float64")

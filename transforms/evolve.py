@@ -17,7 +17,6 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms import private_evolution as pe
-from transforms.cluster import label_domain
 from transforms.embed import EmbedRecords
 from transforms.prompt_sampling import Member, SampleFromPrompts
 from transforms.randomness import keyed_generator
@@ -74,6 +73,7 @@ class PrivateEvolution(beam.PTransform):
 
     Also returns, under "rounds", one summary dict per round (what the noisy
     release led to, for the report: noisy figures and public sizes only).
+    `labels` is the public label domain, (None,) for records without a label.
     """
 
     def __init__(self, config: pe.EvolutionConfig, *, lm: str, encoder: str,
@@ -95,22 +95,15 @@ class PrivateEvolution(beam.PTransform):
         self._top_k = top_k
         self._per_call = texts_per_call
 
-    def expand(self, inputs):
-        embedded, observed_labels = inputs["embedded"], inputs["observed_labels"]
-        config, labels = self._config, self._labels
-
-        def first_members(_, seen):
-            domain = label_domain(labels, seen)
-            return [Member(index, label, "") for index, label in
-                    enumerate(pe.initial_labels(domain or [None], config.population))]
-
+    def expand(self, embedded):
+        first_members = [Member(index, label, "") for index, label in
+                         enumerate(pe.initial_labels(self._labels, self._config.population))]
         seeds = (embedded.pipeline | "Start" >> beam.Create([None])
-                 | "InitialLabels" >> beam.FlatMap(first_members,
-                                                   beam.pvalue.AsSingleton(observed_labels)))
+                 | "InitialLabels" >> beam.FlatMap(lambda _: first_members))
         population = seeds | "InitialPopulation" >> self._generate(
             self._template, round_index=None)
         summaries = []
-        for round_index in range(config.rounds):
+        for round_index in range(self._config.rounds):
             population, summary = self._round(embedded, population, round_index)
             summaries.append(summary)
         rounds = (summaries | "AllRounds" >> beam.Flatten()

@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import synthetic_embeddings as lib
-from transforms.cluster import ObservedLabels, centres_by_label, label_domain, nearest_index
+from transforms.cluster import centres_by_label, centres_of_label, nearest_index
 from transforms.randomness import keyed_generator
 from transforms.read import NAMESPACE
 
@@ -35,14 +35,15 @@ class EmbeddingStatsCombineFn(beam.CombineFn):
 
 
 def release_and_sample(statistics: dict, centres: dict, config: lib.EmbeddingReleaseConfig,
-                       secret: str) -> tuple[lib.EmbeddingRelease, lib.Mixture, tuple]:
+                       secret: str, dimension: int
+                       ) -> tuple[lib.EmbeddingRelease, lib.Mixture, tuple]:
     """The noisy release over every (label, centre) cell, its mixture and the samples
-    (vectors, labels, clusters); the noise and the draws are keyed by the run secret."""
+    (vectors, labels, clusters); the noise and the draws are keyed by the run secret.
+
+    `dimension` is the encoder's (public), never the records': with no record the release
+    would otherwise shrink to whatever width the centres happen to have.
+    """
     domain = lib.release_domain(list(centres), centres)
-    # The encoder's dimension (public). Uniform clustering's placeholder centres are (1, 1),
-    # so the records' vectors say it; with no record at all, the centres do.
-    dimension = next((len(total) for _, total, _ in statistics.values()),
-                     next((c.shape[1] for c in centres.values() if len(c)), 0))
     release = lib.release_statistics(statistics, domain, dimension, config,
                                      keyed_generator(secret, lib.STAGE, "release"))
     mixture = lib.mixture_from_release(release, config)
@@ -58,36 +59,39 @@ class ReleaseSyntheticEmbeddings(beam.PTransform):
     `centres`: what `transforms.cluster.centres_by_label` takes: a dict label -> (K, D)
     array (DpKMeans' output, or `ClusterRelease.centres` in any clustering mode), one (K, D)
     array for every label (public centres), or None (uniform: one cell per label).
-    `labels`: the public label domain, or None for the observed labels (the same labels,
-    in the same order, as a release of transforms/cluster.py). `output_path` ends in .npz or
+    `labels`: the public label domain, (None,) for records without a label (the same labels,
+    in the same order, as a release of transforms/cluster.py). `dimension`: the encoder's
+    output dimension (`offline_models.loading.encoder_dimension`), the width of every
+    released sum and sample whatever the input holds. `output_path` ends in .npz or
     .parquet. "summary" is a singleton dict (cells released, cells used, samples written,
     path); "written" a singleton holding the path, complete once the file is written (for
     PublishOutputs).
     """
 
     def __init__(self, config: lib.EmbeddingReleaseConfig, secret: str, output_path: str, *,
-                 labels: tuple | None = None):
+                 labels: tuple = (None,), dimension: int):
         super().__init__()
         lib.format_of(output_path)  # a wrong extension fails while the graph is built
         self._config = config
         self._secret = secret
         self._path = output_path
-        self._labels = None if labels is None else tuple(labels)
+        self._labels = tuple(labels)
+        if dimension < 1:
+            raise ValueError(f"the encoder's dimension must be >= 1, got {dimension}")
+        self._dimension = int(dimension)
 
     def expand(self, inputs):
         embedded, centres = inputs["embedded"], inputs["centres"]
         config, secret, path, labels = self._config, self._secret, self._path, self._labels
-        observed = embedded | "ObservedLabels" >> ObservedLabels()
-        per_label = centres | "CentresPerLabel" >> beam.Map(
-            lambda shared, seen: centres_by_label(shared, label_domain(labels, seen)),
-            beam.pvalue.AsSingleton(observed))
+        dimension = self._dimension
+        per_label = centres | "CentresPerLabel" >> beam.Map(centres_by_label, labels)
 
         def nearest(pair, centres_by_label):
             record, embedding = pair
-            label_centres = centres_by_label.get(record.label)
-            if label_centres is None:
-                raise ValueError(f"record {record.record_id} has a label outside the release's "
-                                 "label domain")
+            label_centres = centres_of_label(centres_by_label, record)
+            if len(embedding) != dimension:
+                raise ValueError(f"an embedding has {len(embedding)} coordinates, the encoder's "
+                                 f"dimension is {dimension}")
             embedding = lib.clip_to_unit_norm(embedding)[0]
             return (record.label, nearest_index(embedding, label_centres)), embedding
 
@@ -95,7 +99,7 @@ class ReleaseSyntheticEmbeddings(beam.PTransform):
 
         def release(statistics, centres_by_label):
             release_, mixture, (vectors, sample_labels, clusters) = release_and_sample(
-                statistics, centres_by_label, config, secret)
+                statistics, centres_by_label, config, secret, dimension)
             lib.write_embeddings(path, vectors, sample_labels, clusters)
             written_counter.inc(len(vectors))
             return {"path": path, "cells_released": len(release_.cells),

@@ -16,7 +16,7 @@ NO_BATCH_NOTE = ("No batch was planned: every cluster's noisy count was below --
 
 
 def privacy_report(ledger, synthetic_records, *, generation_stage: str, parameters: dict,
-                   labels_from_data: bool, planned_batches: int | None = None,
+                   planned_batches: int | None = None,
                    lifetime_budget: dict | None = None) -> tuple[dict, str]:
     """(JSON-able report, markdown). Feeds each batch's realised costs into the ledger.
 
@@ -34,9 +34,6 @@ def privacy_report(ledger, synthetic_records, *, generation_stage: str, paramete
     notes = []
     if planned_batches == 0:
         notes.append(NO_BATCH_NOTE)
-    if labels_from_data:
-        notes.append("The label values were taken from the data (no --label_values): the "
-                     "guarantee assumes the set of labels is public.")
     report["notes"] = notes
     markdown = ledger.to_markdown()
     if lifetime_budget:
@@ -65,9 +62,8 @@ class WriteReports(beam.PTransform):
     """Writes privacy_report.json/.md and run_summary.json once all counts are in."""
 
     def __init__(self, output_dir: str, make_ledger, *, generation_stage: str, parameters: dict,
-                 labels_from_data: bool = False, lifetime_budget: dict | None = None):
+                 lifetime_budget: dict | None = None):
         super().__init__()
-        self._labels_from_data = labels_from_data
         self._lifetime_budget = lifetime_budget
         self._output = output_dir
         self._make_ledger = make_ledger
@@ -81,7 +77,7 @@ class WriteReports(beam.PTransform):
         counts = inputs["counts"]
         output, make_ledger, stage, parameters = (self._output, self._make_ledger, self._stage,
                                                   self._parameters)
-        lifetime_budget, labels_from_data = self._lifetime_budget, self._labels_from_data
+        lifetime_budget = self._lifetime_budget
         batch_size = parameters.get("batch_size")
         epsilon_gauge = Metrics.gauge("dpsynth", "formal_epsilon_x1000")
 
@@ -91,7 +87,7 @@ class WriteReports(beam.PTransform):
                        if release_ is not None else None)
             report, markdown = privacy_report(
                 make_ledger(), records, generation_stage=stage, parameters=parameters,
-                labels_from_data=labels_from_data, planned_batches=planned,
+                planned_batches=planned,
                 lifetime_budget=lifetime_budget)
             if rounds:
                 report["private_evolution_rounds"] = rounds

@@ -29,6 +29,8 @@ from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
+from transforms.clustering import clip_to_unit_norm
+
 STAGE = "synthetic_embeddings"
 # A cell joins the mixture only when its noisy count is at least this: dividing a noisy sum by
 # a noisy count near 0 gives a mean and a variance that are mostly noise.
@@ -75,22 +77,6 @@ class EmbeddingReleaseConfig:
 
 
 # ---------------------------------------------------------------------------- exact statistics
-
-def clip_to_unit_norm(vectors: np.ndarray) -> np.ndarray:
-    """Rows of norm above 1 scaled down to norm 1; shorter rows unchanged.
-
-    The sensitivities in the module docstring assume ||x|| <= 1. The encoder normalises its
-    output, but the bound must not rest on that: a different encoder, a rounding error or a
-    zero-padded row would otherwise let one record move a sum by more than the noise was
-    calibrated for. Clipping makes the bound hold whatever the encoder returns. A row that is
-    not finite breaks every bound and is an error, not something to clip.
-    """
-    vectors = np.atleast_2d(np.asarray(vectors, dtype="float64"))
-    if not np.all(np.isfinite(vectors)):
-        raise ValueError("an embedding holds NaN or infinity")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1.0)
-
 
 def empty_statistics() -> dict:
     """cell -> [count, sum (D,), sum of squares (D,)]."""
@@ -150,8 +136,8 @@ def stacked_statistics(statistics: dict, domain: Sequence[Hashable], dimension: 
 def release_domain(labels: Sequence, centres_per_label: dict) -> list[tuple]:
     """Every (label, centre index) of the label domain: the cells released, empty or not.
 
-    The labels are the public label domain (or the labels the clustering was run on) and the
-    centres a DP release, so the list of cells does not depend on the records themselves.
+    The labels are the public label domain and the centres a DP release (or public), so the
+    list of cells does not depend on the records themselves.
     """
     return [(label, j) for label in labels for j in range(len(centres_per_label[label]))]
 

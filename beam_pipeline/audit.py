@@ -88,7 +88,7 @@ def run_audit(run_argv: list[str], settings: AuditSettings, *,
                                       avoid_texts=[r.text for r, _ in usable])
     inserted, control = canaries[:settings.canaries], canaries[settings.canaries:]
     rng = np.random.default_rng([settings.seed, 0xA0D1])
-    canary_labels = _canary_labels(plan, [r.label for r, _ in members], len(inserted), rng)
+    canary_labels = _canary_labels(plan, len(inserted), rng)
     canary_rows = [_canary_row(plan, text, label, i, j)
                    for i, (text, label) in enumerate(zip(inserted, canary_labels))
                    for j in range(settings.canary_repeats)]
@@ -266,10 +266,11 @@ def _job_row(plan, row: dict) -> dict:
     return {column: row[column] for column in columns if column}
 
 
-def _canary_labels(plan, member_labels, count: int, rng) -> list:
+def _canary_labels(plan, count: int, rng) -> list:
+    """Labels from the public domain (a labelled plan always has --label_values)."""
     if not plan.schema.label_column:
         return [None] * count
-    domain = list(plan.labels) if plan.labels else sorted(set(member_labels))
+    domain = list(plan.labels)
     return [domain[int(i)] for i in rng.integers(0, len(domain), size=count)]
 
 

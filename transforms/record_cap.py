@@ -1,45 +1,46 @@
-"""The record cap (`--max_records`) as a data-independent sample, Beam-free.
-
-Keeping "the first N rows" is not stable: one early row added pushes a later
-row out, so neighbouring inputs would differ by two records. Instead each
-privacy unit is kept independently, with probability q = min(1, N / n~), by a
-keyed hash of its own content under the run secret. n~ is the number of units
-plus Gaussian noise: the only thing the cap learns from the data, a release
-of L2 sensitivity 1 recorded in the ledger (stage "record cap"). Given n~,
-whether a unit is kept depends on that unit alone, so adding or removing a
-unit adds or removes at most that unit's record.
-"""
+"""CapRecords: `--max_records` as a keyed sample of privacy units (transforms/record_cap.py)."""
 
 from __future__ import annotations
 
-from transforms.randomness import keyed_generator, keyed_hash
-from transforms.records import Record, content_key
+import apache_beam as beam
 
-STAGE = "record cap"
-RELEASED = "noisy count of privacy units, which sets the record cap's keep rate"
-_HASH_RANGE = float(1 << 64)
+from transforms import record_cap
 
-
-def noisy_unit_count(count: int, noise_stddev: float, secret: str) -> float:
-    return count + float(keyed_generator(secret, STAGE, "count").normal(0.0, noise_stddev))
+SKIPPED_TAG = "skipped"
 
 
-def keep_rate(max_records: int, noisy_count: float) -> float:
-    """q = min(1, N / n~); a noisy count below 1 keeps everything (there is little to cap)."""
-    if noisy_count <= max_records:
-        return 1.0
-    return max_records / noisy_count
+class CapRecords(beam.PTransform):
+    """Keeps each unit with probability min(1, N / n~), n~ a noisy count of the units.
 
+    Runs after unit bounding, so one record stands for one unit. Outputs the kept
+    records (main) and the sources of the others (`skipped`), for the run summary.
+    """
 
-def is_kept(secret: str, unit_key: tuple, rate: float) -> bool:
-    """Whether the unit with this content key is in the sample: a keyed hash below the rate."""
-    if rate >= 1.0:
-        return True
-    return keyed_hash(secret, STAGE, *unit_key) / _HASH_RANGE < rate
+    def __init__(self, max_records: int, *, noise_stddev: float, secret: str,
+                 ids_from_column: bool):
+        super().__init__()
+        self._max_records = max_records
+        self._noise = noise_stddev
+        self._secret = secret
+        self._ids_from_column = ids_from_column
 
+    def expand(self, records):
+        secret, ids_from_column = self._secret, self._ids_from_column
+        max_records, noise = self._max_records, self._noise
 
-def unit_key(record: Record, ids_from_column: bool) -> tuple:
-    """The unit's name when there is a unit column, else the record's own content."""
-    if record.unit is not None:
-        return ("unit", record.unit)
-    return ("record", *content_key(record, ids_from_column))
+        def rate(count):
+            return record_cap.keep_rate(
+                max_records, record_cap.noisy_unit_count(count, noise, secret))
+
+        def split(record, keep_rate):
+            if record_cap.is_kept(secret, record_cap.unit_key(record, ids_from_column),
+                                  keep_rate):
+                yield record
+            else:
+                yield beam.pvalue.TaggedOutput(SKIPPED_TAG, record.source)
+
+        keep_rate = (records
+                     | "CountUnits" >> beam.combiners.Count.Globally()
+                     | "KeepRate" >> beam.Map(rate))
+        return records | "Sample" >> beam.FlatMap(
+            split, beam.pvalue.AsSingleton(keep_rate)).with_outputs(SKIPPED_TAG, main="records")

@@ -16,7 +16,7 @@ setup(
     description=__doc__,
     python_requires=">=3.11,<3.12",
     packages=find_packages(
-        include=["beam_pipeline*", "transforms*", "offline_models*", "evaluation*"]),
+        include=["beam_pipeline*", "mechanisms*", "transforms*", "offline_models*", "evaluation*"]),
     install_requires=_requirements(),
     entry_points={"console_scripts": ["dpsynth=beam_pipeline.cli:main"]},
 )

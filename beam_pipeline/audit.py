@@ -35,7 +35,7 @@ from beam_pipeline.run import pipeline_options, preflight, run
 from evaluation import audit as measures
 from transforms.write import read_json_lines
 from evaluation import memorisation
-from transforms import records as records_lib
+from transforms import read as records_lib
 from transforms.read import DUPLICATE_ID_REASON
 
 AUDIT_INPUT = "audit_input.jsonl"

@@ -53,7 +53,8 @@ from typing import Any, Callable
 import attr
 import dp_accounting
 
-from transforms import accounting, storage
+from mechanisms import accounting
+from beam_pipeline import storage
 
 FORMAT_VERSION = 1
 DOMAIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

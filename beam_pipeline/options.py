@@ -7,7 +7,7 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from offline_models import registry
-from transforms import aggregation, median_ptr
+from mechanisms import median_ptr, token_rules
 
 DEFAULT_TEMPLATE = "Review ({label}):\n{text}\n\nAnother review ({label}):\n"
 DEFAULT_UNLABELLED_TEMPLATE = "Review:\n{text}\n\nAnother review:\n"
@@ -71,7 +71,7 @@ class DpSynthOptions(PipelineOptions):
         method.add_argument("--clustering", choices=CLUSTERINGS, default="public_centers",
                             help="uniform (one cluster, 2024 method), public_centers (k-means "
                                  "on a public corpus, 2025 method) or dp_kmeans")
-        method.add_argument("--aggregator", choices=aggregation.RULES, default="median",
+        method.add_argument("--aggregator", choices=token_rules.RULES, default="median",
                             help="clipped mean (formal guarantee), coordinate-wise median "
                                  "(ex-post guarantee, reported beside its formal worst case) or "
                                  "median_ptr (the median behind a private stability test: formal "

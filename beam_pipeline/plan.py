@@ -9,15 +9,16 @@ from pathlib import Path
 
 from beam_pipeline import budget_ledger
 from beam_pipeline import options as opts
-from transforms.accounting import PrivacyLedger
-from transforms import median_ptr
-from transforms import record_cap
-from transforms import private_evolution
-from transforms import synthetic_embeddings
+from mechanisms.accounting import PrivacyLedger
+from mechanisms import median_ptr
+from mechanisms import record_cap
+from mechanisms import evolve as private_evolution
+from mechanisms import release_embeddings as synthetic_embeddings
 from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, UNIFORM, ClusteringConfig
-from transforms.private_generation import GenerationConfig, check_template
-from transforms.randomness import check_run_secret, new_run_secret
-from transforms.records import FORMATS, RecordSchema
+from mechanisms.generate import GenerationConfig
+from transforms.generate import check_template
+from mechanisms.randomness import check_run_secret, new_run_secret
+from transforms.read import FORMATS, RecordSchema
 
 GENERATION_STAGE = "generation"
 EMBEDDINGS_STAGE = "synthetic embeddings"

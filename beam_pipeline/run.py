@@ -19,8 +19,8 @@ from beam_pipeline.pipeline import build_pipeline, embedding_dimension, report_p
 from beam_pipeline.plan import PlanError, check_budget, make_plan, plan_ledger
 from offline_models import registry
 from offline_models.loading import TINY_ENCODER, TINY_LM
-from transforms.records import format_of
-from transforms import storage
+from transforms.read import format_of
+from beam_pipeline import storage
 
 # The embedded runner: Beam's DirectRunner may first try the Prism runner,
 # which downloads a binary; FnApiRunner runs in this process (or, with

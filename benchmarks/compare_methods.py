@@ -187,7 +187,7 @@ def _common_arguments(args, private_path, out, delta):
 
 def _method_arguments(method, target, args, delta):
     """(pipeline arguments of the method, the clip or noise it uses) at a target epsilon."""
-    from transforms import accounting
+    from mechanisms import accounting
 
     if method == "private_evolution":
         sigma = accounting.calibrate_gaussian_noise(target_epsilon=target, delta=delta,
@@ -254,7 +254,7 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
     wall = time.time() - started
     report = json.loads((out / "privacy_report.json").read_text())
     if method.endswith("+embeddings"):
-        from transforms.synthetic_embeddings import read_embeddings
+        from transforms.release_embeddings import read_embeddings
         synthetic = read_embeddings(str(out / "synthetic_embeddings.npz"))
     else:
         from transforms.write import read_json_lines
@@ -276,7 +276,7 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
 def sample_own_prompt(key: str, *, secret: str):
     """Non-private sampling: the next token from the request's one prompt, with the same
     top-k and temperature as the private runs."""
-    from transforms.private_generation import PublicSamplingChooser
+    from transforms.prompt_sampling import PublicSamplingChooser
 
     return PublicSamplingChooser(temperature=TEMPERATURE, secret=secret, sample_id=key,
                                  top_k=TOP_K)
@@ -307,7 +307,7 @@ def _public_prompt(args, private_rows) -> list[dict]:
 def _sample(args, texts_and_labels, *, secret) -> list[dict]:
     from offline_models.joint_decoding import GenerationRequest, generate_jointly
     from offline_models.loading import load_causal_lm
-    from transforms.private_generation import render_prompt
+    from transforms.generate import render_prompt
 
     lm = load_causal_lm(args.lm)
     requests = [GenerationRequest(

@@ -86,8 +86,8 @@ class _TimedChooser:
 def _generation(args, texts) -> None:
     from offline_models.joint_decoding import GenerationRequest, generate_jointly
     from offline_models.loading import load_causal_lm
-    from transforms.private_generation import (GenerationConfig, PrivateTokenChooser,
-                                               render_prompt)
+    from mechanisms.generate import GenerationConfig, PrivateTokenChooser
+    from transforms.generate import render_prompt
 
     lm = load_causal_lm(args.lm)
     label = "Business Category: Restaurants"

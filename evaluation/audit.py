@@ -53,7 +53,7 @@ from typing import Sequence
 import numpy as np
 
 from evaluation.memorisation import COPY_NGRAM, CopyIndex, words
-from transforms.clustering import normalise_rows
+from mechanisms.cluster import normalise_rows
 
 CANARY_WORDS = 12
 NEAR_VERBATIM_RATIO = 0.5

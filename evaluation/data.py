@@ -1,4 +1,4 @@
-"""Reading the files to evaluate with the pipeline's own parsers (transforms.records).
+"""Reading the files to evaluate with the pipeline's own parsers (transforms.read).
 
 A row without usable text is rejected with the pipeline's reason and counted, never dropped
 silently. A row whose label column is empty keeps its text and counts as unlabelled for that
@@ -12,7 +12,7 @@ import dataclasses
 import glob
 import os
 
-from transforms import records as records_lib
+from transforms import read as records_lib
 
 # Larger than any text worth measuring: evaluation reads texts whole.
 _NO_TRUNCATION = 10 ** 9

@@ -343,7 +343,7 @@ def _read_embeddings_file(path: str):
     """(a `data.LoadedFile` whose records are the embeddings' labels, the (N, D) vectors); a
     missing, unreadable or malformed file is a one-line `data.InputError`."""
     from evaluation import data
-    from transforms import synthetic_embeddings
+    from transforms import release_embeddings as synthetic_embeddings
 
     if os.path.isdir(path):
         raise data.InputError(f"the synthetic embeddings path {path} is a directory: name the "

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import dp_accounting
 import numpy as np
 
-from transforms import aggregation, median_ptr
+from mechanisms import gate, median, median_ptr, token_rules
 
 ADJACENCY = "adding or removing one privacy unit"
 EX_POST_LABEL = ("ex-post (data-dependent, Ligett et al. 2017): the realised "
@@ -110,7 +110,7 @@ def token_entry(stage: str, *, rule: str, clip: float, temperature: float,
     if rule == "mean":
         if expected_batch_size is None:
             raise ValueError("The mean rule needs the expected batch size s.")
-        rho = aggregation.token_rho_mean(clip, expected_batch_size, temperature)
+        rho = token_rules.token_rho_mean(clip, expected_batch_size, temperature)
         return LedgerEntry(
             stage, "exponential mechanism on the clipped mean",
             _repeated(dp_accounting.ZCDpEvent(rho), tokens),
@@ -123,8 +123,8 @@ def token_entry(stage: str, *, rule: str, clip: float, temperature: float,
             f"c^2/(2 s^2 tau^2) = {rho:.4g}-zCDP; a record is in one batch, whose "
             f"sequence has at most {tokens} private tokens.")
     if rule == "median":
-        worst = aggregation.median_worst_case_sensitivity(clip)
-        rho = aggregation.token_rho_median(worst, temperature)
+        worst = median.median_worst_case_sensitivity(clip)
+        rho = median.token_rho_median(worst, temperature)
         return LedgerEntry(
             stage, "exponential mechanism on the clipped median (worst case)",
             _repeated(dp_accounting.ZCDpEvent(rho), tokens),
@@ -138,7 +138,7 @@ def token_entry(stage: str, *, rule: str, clip: float, temperature: float,
             ex_post_replaceable=True)
     if rule == "median_ptr":
         raise ValueError("median_ptr has a test and a token entry: use median_ptr_entries.")
-    raise ValueError(f"Unknown aggregation rule {rule!r}; use one of {aggregation.RULES}.")
+    raise ValueError(f"Unknown aggregation rule {rule!r}; use one of {token_rules.RULES}.")
 
 
 def median_ptr_entries(stage: str, *, clip: float, temperature: float,
@@ -167,8 +167,8 @@ def median_ptr_entries(stage: str, *, clip: float, temperature: float,
         f"{ptr_delta / tokens:.3g} per step, {ptr_delta:.3g} over {tokens} steps: "
         f"that is added to delta.",
         delta=ptr_delta)
-    rho_bound = aggregation.token_rho_median(ptr.bound, temperature)
-    rho_mean = (aggregation.token_rho_mean(clip, expected_batch_size, temperature)
+    rho_bound = median.token_rho_median(ptr.bound, temperature)
+    rho_mean = (token_rules.token_rho_mean(clip, expected_batch_size, temperature)
                 if ptr.fallback == "mean" else 0.0)
     rho = max(rho_bound, rho_mean)
     after = ("the clipped mean (c/s = "
@@ -192,7 +192,7 @@ def gate_entry(stage: str, *, noise_scale: float, expected_batch_size: float,
                max_private_tokens: int) -> LedgerEntry:
     """The public-token gate of one batch's sequence: one round per private token."""
     tokens = int(max_private_tokens)
-    rho = aggregation.gate_rho_per_private_token(noise_scale, expected_batch_size)
+    rho = gate.gate_rho_per_private_token(noise_scale, expected_batch_size)
     return LedgerEntry(
         stage, "sparse vector gate (AboveThreshold)",
         _repeated(dp_accounting.ZCDpEvent(rho), tokens),

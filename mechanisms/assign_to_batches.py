@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from transforms.randomness import keyed_hash
+from mechanisms.randomness import keyed_hash
 
 
 def planned_batch_count(noisy_count: float, expected_batch_size: int) -> int:

@@ -26,7 +26,7 @@ import dataclasses
 
 import numpy as np
 
-from transforms import clustering
+from mechanisms import cluster as clustering
 
 STAGE = "private evolution"
 

@@ -3,19 +3,19 @@
 Beam-free. `PrivateTokenChooser` is the per-batch state of METHOD.md §4: it
 receives the logits of the batch's seed prompts plus the public prompt (the
 last row), applies the optional top-k mask and public-token gate, aggregates
-with the rule's CombineFn, samples, and records what accounting needs.
+with the rule's aggregator, samples, and records what accounting needs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import string
 
 import numpy as np
 
-from transforms import aggregation, median_ptr
-from transforms.aggregation_combine_fns import ClippedMeanCombineFn, PrivateMedianCombineFn
-from transforms.randomness import keyed_generator
+from mechanisms import gate, median, median_ptr, token_rules
+from mechanisms.token_rules import ClippedMeanAggregator
+from mechanisms.median import MedianAggregator
+from mechanisms.randomness import keyed_generator
 
 GENERATION_STAGE = "generation"
 
@@ -36,7 +36,7 @@ class GenerationConfig:
     ptr: median_ptr.PtrSettings | None = None     # median_ptr's bound, test and fallback
 
     def __post_init__(self):
-        if self.aggregator not in aggregation.RULES:
+        if self.aggregator not in token_rules.RULES:
             raise ValueError(f"unknown aggregator '{self.aggregator}'")
         if (self.aggregator == "median_ptr") != (self.ptr is not None):
             raise ValueError("median_ptr, and only median_ptr, takes PtrSettings")
@@ -50,19 +50,19 @@ class GenerationConfig:
         return self.max_new_tokens
 
 
-def combine_fn_for(config: GenerationConfig, vocab_size: int, *, rule: str | None = None):
+def aggregator_for(config: GenerationConfig, vocab_size: int, *, rule: str | None = None):
     if (rule or config.aggregator) == "mean":
-        return ClippedMeanCombineFn(config.clip, config.expected_batch_size,
+        return ClippedMeanAggregator(config.clip, config.expected_batch_size,
                                     vocab_size=vocab_size)
-    return PrivateMedianCombineFn(config.clip, vocab_size=vocab_size)
+    return MedianAggregator(config.clip, vocab_size=vocab_size)
 
 
-def aggregate_rows(combine_fn, member_logits: np.ndarray):
-    """Runs a CombineFn over in-memory rows: the same code path Beam would run."""
-    accumulator = combine_fn.create_accumulator()
+def aggregate_rows(aggregator, member_logits: np.ndarray):
+    """Runs an aggregator over one batch's rows."""
+    accumulator = aggregator.create_accumulator()
     for row in member_logits:
-        accumulator = combine_fn.add_input(accumulator, row)
-    return combine_fn.extract_output(accumulator)
+        accumulator = aggregator.add_input(accumulator, row)
+    return aggregator.extract_output(accumulator)
 
 
 class PrivateTokenChooser:
@@ -98,7 +98,7 @@ class PrivateTokenChooser:
             # whatever the members say, so every rule runs on the kept columns alone
             # (k of them instead of the whole vocabulary) and the sampled index is
             # mapped back to its token id.
-            kept = np.flatnonzero(aggregation.top_k_mask(logits[-1], self.config.top_k))
+            kept = np.flatnonzero(token_rules.top_k_mask(logits[-1], self.config.top_k))
             logits = logits[:, kept]
         token = self._choose_among(step, logits)
         return int(kept[token]) if kept is not None and token is not None else token
@@ -108,15 +108,15 @@ class PrivateTokenChooser:
         members, public = logits[:-1], logits[-1]
         if config.public_tokens:
             if self._gate is None:
-                self._gate = aggregation.PublicTokenGate(
+                self._gate = gate.PublicTokenGate(
                     threshold=config.gate_threshold, noise_scale=config.gate_noise,
                     max_private_tokens=config.private_token_cap, rng=self._rng(-1, "threshold"))
             if self._gate.must_stop:
                 return None
-            distance = aggregation.gate_distance(members, public, config.expected_batch_size)
+            distance = gate.gate_distance(members, public, config.expected_batch_size)
             if not self._gate.use_private_token(distance, self._rng(step, "gate")):
                 self.public_tokens += 1
-                return aggregation.sample_token(public, config.public_temperature,
+                return token_rules.sample_token(public, config.public_temperature,
                                                 self._rng(step, "public"))
         elif self.private_tokens >= config.private_token_cap:
             return None
@@ -125,8 +125,8 @@ class PrivateTokenChooser:
             rule = self._tested_rule(step, members)
             if rule is None:
                 return None
-        result = aggregate_rows(combine_fn_for(config, logits.shape[-1], rule=rule), members)
-        token = aggregation.sample_token(result.aggregate, config.temperature,
+        result = aggregate_rows(aggregator_for(config, logits.shape[-1], rule=rule), members)
+        token = token_rules.sample_token(result.aggregate, config.temperature,
                                          self._rng(step, "token"))
         self.private_tokens += 1
         self.local_sensitivities.append(float(result.local_sensitivity))
@@ -143,7 +143,7 @@ class PrivateTokenChooser:
                 rng=self._rng(-1, "stability threshold"))
         if not self._stability_test.failed:
             if members.shape[0]:
-                clipped = aggregation.clip_logits(members, self.config.clip)
+                clipped = token_rules.clip_logits(members, self.config.clip)
             else:
                 clipped = np.zeros((0, members.shape[-1]))
             gamma = median_ptr.distance_to_instability(clipped, self.config.clip, ptr.bound)
@@ -155,51 +155,6 @@ class PrivateTokenChooser:
     def _token_rho(self, local_sensitivity: float) -> float:
         config = self.config
         if config.aggregator == "mean":
-            return aggregation.token_rho_mean(config.clip, config.expected_batch_size,
+            return token_rules.token_rho_mean(config.clip, config.expected_batch_size,
                                               config.temperature)
-        return aggregation.token_rho_median(local_sensitivity, config.temperature)
-
-
-class PublicSamplingChooser:
-    """Samples from one non-private prompt alone (epsilon 0): the public corpus, and
-    Private Evolution's texts, whose prompts hold public or already released text.
-
-    `top_k` keeps the prompt's k most likely tokens, as --top_k does for private runs.
-    """
-
-    def __init__(self, *, temperature: float, secret: str, sample_id: str,
-                 top_k: int | None = None):
-        self._temperature = temperature
-        self._secret = secret
-        self._sample_id = sample_id
-        self._top_k = top_k
-
-    def choose(self, step: int, logits: np.ndarray) -> int:
-        rng = keyed_generator(self._secret, "public_corpus", self._sample_id, step)
-        row = logits[-1]
-        if self._top_k is not None:
-            row = aggregation.apply_mask(row, aggregation.top_k_mask(row, self._top_k))
-        return aggregation.sample_token(row, self._temperature, rng)
-
-
-def check_template(template: str, *, labelled: bool) -> None:
-    """Raises ValueError unless the template has {text} (and {label} only with labels)."""
-    fields = set()
-    try:
-        for _, field, _, _ in string.Formatter().parse(template):
-            if field is not None:
-                fields.add(field)
-    except ValueError as error:
-        raise ValueError(f"the prompt template is malformed: {error}") from None
-    if "text" not in fields:
-        raise ValueError("the prompt template has no {text} placeholder")
-    unknown = fields - {"text", "label"}
-    if unknown:
-        raise ValueError(f"the prompt template has unknown placeholders: "
-                         f"{', '.join('{' + f + '}' for f in sorted(unknown))}")
-    if "label" in fields and not labelled:
-        raise ValueError("the prompt template uses {label} but no --label_column is given")
-
-
-def render_prompt(template: str, text: str, label: str | None) -> str:
-    return template.format(text=text, label=label if label is not None else "")
+        return median.token_rho_median(local_sensitivity, config.temperature)

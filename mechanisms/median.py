@@ -1,82 +1,79 @@
-"""Beam CombineFns for the two aggregation rules of METHOD.md §4.
+"""The median rule and its local sensitivity (METHOD.md §4, the 2025 method).
 
-Inputs are RAW logit vectors (with masked tokens already at -inf, see
-`aggregation.apply_mask`): the CombineFn clips them itself, so no path can
-aggregate an unclipped vector and the clip c that bounds the sensitivity is the
-one the CombineFn reports. All the math lives in `aggregation`.
+The released aggregate is the coordinate-wise lower median of the batch's
+clipped logits; its local sensitivity gives the ex-post cost, and 2c the
+formal worst case (docs/privacy.md, "Median rule").
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import apache_beam as beam
 import numpy as np
+from numpy.typing import ArrayLike
 
-from transforms import aggregation
+from mechanisms.token_rules import (AggregateResult, as_batch, clip_logits, empty_batch,
+                                    exponential_mechanism_rho, require_positive)
+
+# Convention: the LOWER median, the ceil(n/2)-th smallest value (0-based index
+# (n-1)//2). The released value is then always an order statistic, so the
+# medians of all neighbours are exactly the adjacent order statistics and the
+# local sensitivity of a coordinate is a single gap (docs/privacy.md).
+# An empty batch releases the zero vector: sampling is then uniform over the
+# kept tokens.
 
 
-class AggregateResult(NamedTuple):
-    """One batch's aggregate and what accounting needs about it.
+def median_aggregate(clipped: ArrayLike) -> np.ndarray:
+    """Coordinate-wise lower median over the batch's actual members."""
+    batch = as_batch(clipped)
+    n = batch.shape[0]
+    if n == 0:
+        return np.zeros(batch.shape[1])
+    k = (n - 1) // 2
+    return np.partition(batch, k, axis=0)[k]
 
-    `local_sensitivity` bounds how far any coordinate of `aggregate` moves when
-    one member is added or removed: c/s for the mean (data-independent), the
-    exact local sensitivity for the median (data-dependent, ex-post only).
+
+def median_worst_case_sensitivity(c: float) -> float:
+    """Data-independent bound on the median's move: from c down to -c."""
+    return 2.0 * require_positive("The clip c", c)
+
+
+def median_local_sensitivity(clipped: ArrayLike, c: float) -> float:
+    """Exact largest move of any coordinate of `median_aggregate` under one
+    addition (of any vector in [-c, c]^V) or one removal.
+
+    With the sorted values v_1 <= ... <= v_n of a coordinate and the lower
+    median v_k, k = ceil(n/2):
+      n odd >= 3:  the neighbours' medians fill [v_{k-1}, v_k] -> v_k - v_{k-1};
+      n even >= 2: the neighbours' medians fill [v_k, v_{k+1}] -> v_{k+1} - v_k;
+      n = 1: adding -c gives min(v_1, -c) = -c (the clip bound as padding)
+             and removing gives the empty batch's 0 -> max(v_1 + c, |v_1|);
+      n = 0: adding y releases y -> c.
     """
-    aggregate: np.ndarray
-    local_sensitivity: float
-    member_count: int
+    c = require_positive("The clip c", c)
+    batch = as_batch(clipped)
+    n = batch.shape[0]
+    if n == 0:
+        return c
+    if batch.min() < -c or batch.max() > c:
+        raise ValueError("The median's sensitivity needs values in [-c, c]: "
+                         "pass the output of clip_logits with the same c.")
+    if n == 1:
+        v = batch[0]
+        return float(np.max(np.maximum(v + c, np.abs(v))))
+    ordered = np.sort(batch, axis=0)
+    k = (n - 1) // 2
+    if n % 2:
+        gaps = ordered[k] - ordered[k - 1]
+    else:
+        gaps = ordered[k + 1] - ordered[k]
+    return float(gaps.max())
 
 
-def _empty_batch(vocab_size: int | None) -> np.ndarray:
-    if vocab_size is None:
-        raise ValueError("This batch has no members: give the CombineFn "
-                         "vocab_size so that it can release the empty aggregate.")
-    return np.zeros((0, vocab_size))
+def token_rho_median(local_sensitivity: float, tau: float) -> float:
+    """Ex-post per-token zCDP of the median rule, LS^2 / (2 tau^2)."""
+    return exponential_mechanism_rho(local_sensitivity, tau)
 
 
-class ClippedMeanCombineFn(beam.CombineFn):
-    """(1/s) * sum of clipped logits; accumulator (running sum or None, count)."""
-
-    def __init__(self, c: float, expected_batch_size: float, *,
-                 vocab_size: int | None = None):
-        super().__init__()
-        self._sensitivity = aggregation.mean_sensitivity(c, expected_batch_size)
-        self._c = float(c)
-        self._expected_batch_size = float(expected_batch_size)
-        self._vocab_size = vocab_size
-
-    def create_accumulator(self):
-        return None, 0
-
-    def add_input(self, accumulator, logits):
-        clipped_sum, count = accumulator
-        clipped = aggregation.clip_logits(logits, self._c)
-        if clipped_sum is None:
-            return clipped, count + 1
-        clipped_sum += clipped
-        return clipped_sum, count + 1
-
-    def merge_accumulators(self, accumulators):
-        total, count = None, 0
-        for clipped_sum, n in accumulators:
-            count += n
-            if clipped_sum is None:
-                continue
-            total = clipped_sum.copy() if total is None else total + clipped_sum
-        return total, count
-
-    def extract_output(self, accumulator) -> AggregateResult:
-        clipped_sum, count = accumulator
-        if clipped_sum is None:
-            aggregate = aggregation.mean_aggregate(
-                _empty_batch(self._vocab_size), self._expected_batch_size)
-        else:
-            aggregate = aggregation.mean_from_sum(clipped_sum, self._expected_batch_size)
-        return AggregateResult(aggregate, self._sensitivity, count)
-
-
-class PrivateMedianCombineFn(beam.CombineFn):
+class MedianAggregator:
     """Coordinate-wise lower median of clipped logits and its local sensitivity.
 
     The accumulator is the (members, V) array of clipped vectors: a median
@@ -84,7 +81,6 @@ class PrivateMedianCombineFn(beam.CombineFn):
     """
 
     def __init__(self, c: float, *, vocab_size: int | None = None):
-        super().__init__()
         self._c = float(c)
         self._vocab_size = vocab_size
 
@@ -92,7 +88,7 @@ class PrivateMedianCombineFn(beam.CombineFn):
         return None
 
     def add_input(self, accumulator, logits):
-        clipped = aggregation.clip_logits(logits, self._c)[np.newaxis]
+        clipped = clip_logits(logits, self._c)[np.newaxis]
         if accumulator is None:
             return clipped
         return np.concatenate([accumulator, clipped])
@@ -102,8 +98,8 @@ class PrivateMedianCombineFn(beam.CombineFn):
         return np.concatenate(members) if members else None
 
     def extract_output(self, accumulator) -> AggregateResult:
-        members = _empty_batch(self._vocab_size) if accumulator is None else accumulator
+        members = empty_batch(self._vocab_size) if accumulator is None else accumulator
         return AggregateResult(
-            aggregation.median_aggregate(members),
-            aggregation.median_local_sensitivity(members, self._c),
+            median_aggregate(members),
+            median_local_sensitivity(members, self._c),
             members.shape[0])

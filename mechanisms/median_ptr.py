@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-from transforms.aggregation import require_positive
+from mechanisms.token_rules import require_positive
 
 FALLBACKS = ("mean", "stop")
 # The share of the run's delta that the stability test may spend; the rest

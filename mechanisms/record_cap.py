@@ -12,8 +12,7 @@ unit adds or removes at most that unit's record.
 
 from __future__ import annotations
 
-from transforms.randomness import keyed_generator, keyed_hash
-from transforms.records import Record, content_key
+from mechanisms.randomness import keyed_generator, keyed_hash
 
 STAGE = "record cap"
 RELEASED = "noisy count of privacy units, which sets the record cap's keep rate"
@@ -36,10 +35,3 @@ def is_kept(secret: str, unit_key: tuple, rate: float) -> bool:
     if rate >= 1.0:
         return True
     return keyed_hash(secret, STAGE, *unit_key) / _HASH_RANGE < rate
-
-
-def unit_key(record: Record, ids_from_column: bool) -> tuple:
-    """The unit's name when there is a unit column, else the record's own content."""
-    if record.unit is not None:
-        return ("unit", record.unit)
-    return ("record", *content_key(record, ids_from_column))

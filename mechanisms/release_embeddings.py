@@ -24,12 +24,11 @@ costs their composition (`record_release`).
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
-from transforms.clustering import clip_to_unit_norm
+from mechanisms.cluster import clip_to_unit_norm
 
 STAGE = "synthetic_embeddings"
 # A cell joins the mixture only when its noisy count is at least this: dividing a noisy sum by
@@ -39,11 +38,6 @@ DEFAULT_MIN_COUNT = 1.0
 # per-coordinate variance around 1/D (1/384 for MiniLM), far above this; the floor only keeps
 # a noisy second moment below mean^2 from giving a zero or negative variance.
 DEFAULT_VARIANCE_FLOOR = 1e-6
-FORMATS = {".npz": "npz", ".parquet": "parquet"}
-# NPZ stores labels as a str array: a record without a label is written as the empty string.
-# Labels read from input files are never empty (an empty label is a rejected row), so ""
-# means "no label" without ambiguity. Parquet writes a null instead.
-NO_LABEL = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +237,7 @@ def ledger_gaussians(config: EmbeddingReleaseConfig) -> list[tuple[float, str]]:
 
 
 def record_release(ledger, stage: str, config: EmbeddingReleaseConfig) -> list:
-    """Records the release in a `transforms.accounting.PrivacyLedger`: three Gaussian
+    """Records the release in a `mechanisms.accounting.PrivacyLedger`: three Gaussian
     mechanisms of L2 sensitivity 1, composed with everything else the record takes part in."""
     return [ledger.record_gaussian(stage, noise_stddev=sigma, l2_sensitivity=1.0, count=1,
                                    released=released)
@@ -251,111 +245,3 @@ def record_release(ledger, stage: str, config: EmbeddingReleaseConfig) -> list:
 
 
 # ---------------------------------------------------------------------------- files
-
-class EmbeddingsFileError(ValueError):
-    """An embeddings file that cannot be read: wrong format, unreadable or malformed."""
-
-
-def format_of(path: str) -> str:
-    for extension, name in FORMATS.items():
-        if path.lower().endswith(extension):
-            return name
-    raise EmbeddingsFileError(f"cannot tell the format of the embeddings file {path}: name it "
-                              f"{' or '.join(FORMATS)}")
-
-
-def embeddings_bytes(file_format: str, vectors: np.ndarray, labels: Sequence,
-                     clusters: Sequence[int]) -> bytes:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2:
-        raise ValueError(f"embeddings must be a (N, D) array, got shape {vectors.shape}")
-    if not len(vectors) == len(labels) == len(clusters):
-        raise ValueError("embeddings, labels and clusters differ in length")
-    clusters = np.asarray(clusters, dtype=np.int64)
-    buffer = io.BytesIO()
-    if file_format == "npz":
-        np.savez(buffer, embeddings=vectors,
-                 labels=np.array([NO_LABEL if label is None else str(label) for label in labels],
-                                 dtype=str),
-                 clusters=clusters)
-    elif file_format == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        dimension = vectors.shape[1]
-        table = pa.table({
-            "embedding": pa.FixedSizeListArray.from_arrays(
-                pa.array(vectors.reshape(-1), type=pa.float32()), dimension).cast(
-                    pa.list_(pa.float32())),
-            "label": pa.array([None if label is None else str(label) for label in labels],
-                              type=pa.string()),
-            "cluster": pa.array(clusters, type=pa.int64())})
-        pq.write_table(table, buffer)
-    else:
-        raise ValueError(f"unknown embeddings format {file_format!r}")
-    return buffer.getvalue()
-
-
-def write_embeddings(path: str, vectors: np.ndarray, labels: Sequence,
-                     clusters: Sequence[int]) -> str:
-    """Writes .npz (arrays `embeddings` float32 (N, D), `labels` str with "" for no label,
-    `clusters` int64) or .parquet (columns `embedding` list<float32>, `label` string or null,
-    `cluster` int64), by the extension, through Beam's FileSystems (local or gs://)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    data = embeddings_bytes(format_of(path), vectors, labels, clusters)
-    with FileSystems.create(path, mime_type="application/octet-stream") as handle:
-        handle.write(data)
-    return path
-
-
-def read_embeddings(path: str) -> tuple[np.ndarray, list]:
-    """(vectors float32 (N, D), labels with None for no label) of a file `write_embeddings`
-    wrote; EmbeddingsFileError (one line) when the file is missing, unreadable or malformed."""
-    from apache_beam.io.filesystems import FileSystems
-
-    file_format = format_of(path)
-    try:
-        if not FileSystems.exists(path):
-            raise EmbeddingsFileError(f"the embeddings file {path} does not exist")
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            data = handle.read()
-    except EmbeddingsFileError:
-        raise
-    except Exception as error:  # noqa: BLE001 (any filesystem's error: one line)
-        raise EmbeddingsFileError(f"cannot read the embeddings file {path}: {error}") from None
-    try:
-        if file_format == "npz":
-            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-                missing = {"embeddings", "labels"} - set(arrays.files)
-                if missing:
-                    raise EmbeddingsFileError(
-                        f"the embeddings file {path} has no array {sorted(missing)[0]!r} "
-                        f"(its arrays: {', '.join(arrays.files) or 'none'})")
-                vectors = np.asarray(arrays["embeddings"], dtype=np.float32)
-                labels = [None if label == NO_LABEL else str(label)
-                          for label in arrays["labels"].tolist()]
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(io.BytesIO(data))
-            missing = {"embedding", "label"} - set(table.column_names)
-            if missing:
-                raise EmbeddingsFileError(
-                    f"the embeddings file {path} has no column {sorted(missing)[0]!r} "
-                    f"(its columns: {', '.join(table.column_names)})")
-            rows = table.column("embedding").to_pylist()
-            vectors = np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, 0), np.float32)
-            labels = [None if label is None else str(label)
-                      for label in table.column("label").to_pylist()]
-    except EmbeddingsFileError:
-        raise
-    except Exception as error:  # noqa: BLE001 (a corrupt or foreign file: one line)
-        raise EmbeddingsFileError(f"the embeddings file {path} is not a readable "
-                                  f"{file_format} file: {error}") from None
-    if vectors.ndim != 2 or len(vectors) != len(labels):
-        raise EmbeddingsFileError(f"the embeddings file {path} does not hold one vector per "
-                                  f"label (shape {vectors.shape}, {len(labels)} labels)")
-    if not np.all(np.isfinite(vectors)):
-        raise EmbeddingsFileError(f"the embeddings file {path} holds NaN or infinite values")
-    return vectors, labels

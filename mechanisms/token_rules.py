@@ -1,15 +1,17 @@
-"""Private next-token aggregation: clipping, mean and median rules, sampling.
+"""Clipping and the token rules: the top-k mask, the clip, the mean rule, and
+sampling by the exponential mechanism (METHOD.md §4).
 
-Plain numpy, no Beam: the CombineFns in `aggregation_combine_fns` and the
-generation loop call these functions, so each rule has one implementation and
-one brute-force test. The derivations are in docs/privacy.md; the method is
-METHOD.md §4.
+The median rule is in `mechanisms.median`, the public-token gate in
+`mechanisms.gate`. Each rule has one implementation and one brute-force test;
+the derivations are in docs/privacy.md.
 
 Shapes: a logit vector is (V,), a batch of member vectors is (n, V); the last
 axis is always the vocabulary.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -26,7 +28,7 @@ def require_positive(name: str, value: float) -> float:
     return value
 
 
-def _as_batch(clipped: ArrayLike) -> np.ndarray:
+def as_batch(clipped: ArrayLike) -> np.ndarray:
     batch = np.asarray(clipped, dtype=np.float64)
     if batch.ndim != 2:
         raise ValueError(
@@ -112,64 +114,7 @@ def mean_from_sum(clipped_sum: ArrayLike, expected_batch_size: float) -> np.ndar
 
 def mean_aggregate(clipped: ArrayLike, expected_batch_size: float) -> np.ndarray:
     """(1/s) * sum_j clip_c(z_j); an empty batch gives the zero vector."""
-    return mean_from_sum(_as_batch(clipped).sum(axis=0), expected_batch_size)
-
-
-# --------------------------------------------------------------- median rule
-#
-# Convention: the LOWER median, the ceil(n/2)-th smallest value (0-based index
-# (n-1)//2). The released value is then always an order statistic, so the
-# medians of all neighbours are exactly the adjacent order statistics and the
-# local sensitivity of a coordinate is a single gap (docs/privacy.md).
-# An empty batch releases the zero vector: sampling is then uniform over the
-# kept tokens.
-
-
-def median_aggregate(clipped: ArrayLike) -> np.ndarray:
-    """Coordinate-wise lower median over the batch's actual members."""
-    batch = _as_batch(clipped)
-    n = batch.shape[0]
-    if n == 0:
-        return np.zeros(batch.shape[1])
-    k = (n - 1) // 2
-    return np.partition(batch, k, axis=0)[k]
-
-
-def median_worst_case_sensitivity(c: float) -> float:
-    """Data-independent bound on the median's move: from c down to -c."""
-    return 2.0 * require_positive("The clip c", c)
-
-
-def median_local_sensitivity(clipped: ArrayLike, c: float) -> float:
-    """Exact largest move of any coordinate of `median_aggregate` under one
-    addition (of any vector in [-c, c]^V) or one removal.
-
-    With the sorted values v_1 <= ... <= v_n of a coordinate and the lower
-    median v_k, k = ceil(n/2):
-      n odd >= 3:  the neighbours' medians fill [v_{k-1}, v_k] -> v_k - v_{k-1};
-      n even >= 2: the neighbours' medians fill [v_k, v_{k+1}] -> v_{k+1} - v_k;
-      n = 1: adding -c gives min(v_1, -c) = -c (the clip bound as padding)
-             and removing gives the empty batch's 0 -> max(v_1 + c, |v_1|);
-      n = 0: adding y releases y -> c.
-    """
-    c = require_positive("The clip c", c)
-    batch = _as_batch(clipped)
-    n = batch.shape[0]
-    if n == 0:
-        return c
-    if batch.min() < -c or batch.max() > c:
-        raise ValueError("The median's sensitivity needs values in [-c, c]: "
-                         "pass the output of clip_logits with the same c.")
-    if n == 1:
-        v = batch[0]
-        return float(np.max(np.maximum(v + c, np.abs(v))))
-    ordered = np.sort(batch, axis=0)
-    k = (n - 1) // 2
-    if n % 2:
-        gaps = ordered[k] - ordered[k - 1]
-    else:
-        gaps = ordered[k + 1] - ordered[k]
-    return float(gaps.max())
+    return mean_from_sum(as_batch(clipped).sum(axis=0), expected_batch_size)
 
 
 # ----------------------------------------------------- exponential mechanism
@@ -195,11 +140,6 @@ def token_rho_mean(c: float, s: float, tau: float) -> float:
     return exponential_mechanism_rho(mean_sensitivity(c, s), tau)
 
 
-def token_rho_median(local_sensitivity: float, tau: float) -> float:
-    """Ex-post per-token zCDP of the median rule, LS^2 / (2 tau^2)."""
-    return exponential_mechanism_rho(local_sensitivity, tau)
-
-
 def softmax(values: ArrayLike, tau: float = 1.0) -> np.ndarray:
     """softmax(values / tau) over the last axis, in float64; -inf gets 0."""
     tau = require_positive("The temperature tau", tau)
@@ -219,78 +159,69 @@ def sample_token(aggregate: ArrayLike, tau: float, rng: np.random.Generator) -> 
     return int(rng.choice(probabilities.size, p=probabilities))
 
 
-# ------------------------------------------------ public-token gate (SVT)
+# ------------------------------------------------------- one batch's aggregate
+#
+# The aggregators take RAW logit vectors (masked tokens already at -inf, see
+# `apply_mask`) and clip them themselves, so no path can aggregate an unclipped
+# vector and the clip c that bounds the sensitivity is the one they report.
+# They have the create/add/merge/extract shape of a combiner, so a batch can be
+# aggregated in parts.
 
 
-def gate_distance(member_logits: ArrayLike, public_logits: ArrayLike,
-                  expected_batch_size: float) -> float:
-    """d = || (1/s) sum_j softmax(z_j) - softmax(z_pub) ||_1.
+class AggregateResult(NamedTuple):
+    """One batch's aggregate and what accounting needs about it.
 
-    Masked (-inf) logits get probability 0 on both sides. One member more or
-    less moves d by at most 1/s (triangle inequality, ||softmax(z)||_1 = 1).
+    `local_sensitivity` bounds how far any coordinate of `aggregate` moves when
+    one member is added or removed: c/s for the mean (data-independent), the
+    exact local sensitivity for the median (data-dependent, ex-post only).
     """
-    members = _as_batch(member_logits)
-    s = require_positive("The expected batch size", expected_batch_size)
-    public = softmax(public_logits)
-    if members.shape[0] == 0:
-        return float(np.abs(public).sum())
-    private = softmax(members).sum(axis=0) / s
-    return float(np.abs(private - public).sum())
+    aggregate: np.ndarray
+    local_sensitivity: float
+    member_count: int
 
 
-def gate_rho_per_private_token(noise_scale: float, expected_batch_size: float) -> float:
-    """zCDP the gate spends per private token: 2 / (s * sigma)^2.
-
-    Each private token ends one AboveThreshold round with threshold noise
-    Lap(sigma) and query noise Lap(2 sigma) on a query of sensitivity 1/s; such
-    a round is (2 / (s sigma))-DP, hence eps^2/2-zCDP (Bun and Steinke 2016).
-    """
-    sigma = require_positive("The gate noise scale", noise_scale)
-    s = require_positive("The expected batch size", expected_batch_size)
-    epsilon = 2.0 / (s * sigma)
-    return epsilon * epsilon / 2.0
+def empty_batch(vocab_size: int | None) -> np.ndarray:
+    if vocab_size is None:
+        raise ValueError("This batch has no members: give the aggregator "
+                         "vocab_size so that it can release the empty aggregate.")
+    return np.zeros((0, vocab_size))
 
 
-class PublicTokenGate:
-    """Sparse-vector gate of one batch's sequence (METHOD.md §4, item 2).
+class ClippedMeanAggregator:
+    """(1/s) * sum of clipped logits; accumulator (running sum or None, count)."""
 
-    Before each token, `use_private_token(d, rng)` compares d + Lap(2 sigma)
-    with the noisy threshold theta + Lap(sigma). At or above it, the caller
-    spends a private token sampled from the aggregate; below it, the caller
-    emits a free token from softmax(z_pub / tau_pub). The threshold is redrawn
-    after private tokens only: each private token then closes one
-    AboveThreshold round, and the rounds are what the accounting counts.
-    Noise comes from the generator passed in, so a generator keyed by
-    (secret, stage, batch, step) makes a retried step repeat itself.
-    """
+    def __init__(self, c: float, expected_batch_size: float, *,
+                 vocab_size: int | None = None):
+        self._sensitivity = mean_sensitivity(c, expected_batch_size)
+        self._c = float(c)
+        self._expected_batch_size = float(expected_batch_size)
+        self._vocab_size = vocab_size
 
-    def __init__(self, *, threshold: float, noise_scale: float,
-                 max_private_tokens: int, rng: np.random.Generator):
-        if int(max_private_tokens) < 1:
-            raise ValueError("The cap on private tokens must be at least 1, got "
-                             f"{max_private_tokens}.")
-        self.threshold = float(threshold)
-        self.noise_scale = require_positive("The gate noise scale", noise_scale)
-        self.max_private_tokens = int(max_private_tokens)
-        self.private_tokens = 0
-        self._noisy_threshold = self._draw_threshold(rng)
+    def create_accumulator(self):
+        return None, 0
 
-    def _draw_threshold(self, rng: np.random.Generator) -> float:
-        return self.threshold + rng.laplace(0.0, self.noise_scale)
+    def add_input(self, accumulator, logits):
+        clipped_sum, count = accumulator
+        clipped = clip_logits(logits, self._c)
+        if clipped_sum is None:
+            return clipped, count + 1
+        clipped_sum += clipped
+        return clipped_sum, count + 1
 
-    @property
-    def must_stop(self) -> bool:
-        """True once r_max private tokens are spent: the formal bound covers no more."""
-        return self.private_tokens >= self.max_private_tokens
+    def merge_accumulators(self, accumulators):
+        total, count = None, 0
+        for clipped_sum, n in accumulators:
+            count += n
+            if clipped_sum is None:
+                continue
+            total = clipped_sum.copy() if total is None else total + clipped_sum
+        return total, count
 
-    def use_private_token(self, distance: float, rng: np.random.Generator) -> bool:
-        """Whether this step spends a private token; counts it if so."""
-        if self.must_stop:
-            raise RuntimeError("The private-token cap is spent; this batch's "
-                               "generation must stop.")
-        noisy_distance = distance + rng.laplace(0.0, 2.0 * self.noise_scale)
-        if noisy_distance < self._noisy_threshold:
-            return False
-        self.private_tokens += 1
-        self._noisy_threshold = self._draw_threshold(rng)
-        return True
+    def extract_output(self, accumulator) -> AggregateResult:
+        clipped_sum, count = accumulator
+        if clipped_sum is None:
+            aggregate = mean_aggregate(
+                empty_batch(self._vocab_size), self._expected_batch_size)
+        else:
+            aggregate = mean_from_sum(clipped_sum, self._expected_batch_size)
+        return AggregateResult(aggregate, self._sensitivity, count)

@@ -52,7 +52,7 @@ def gcs_emulator():
     from apache_beam.internal.gcp import auth
 
     from tests.gcs_emulator import GcsEmulator
-    from transforms import storage
+    from beam_pipeline import storage
 
     server = GcsEmulator()
     server.start()
@@ -78,7 +78,7 @@ def gcs_bucket(gcs_emulator, request):
     """A fresh, empty bucket on the emulator; yields its name."""
     import re
 
-    from transforms import storage
+    from beam_pipeline import storage
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + "-b"
     storage.gcs_client().create_bucket(name)

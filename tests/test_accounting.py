@@ -7,8 +7,8 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from transforms import accounting
-from transforms.accounting import PrivacyBudgetError, PrivacyLedger
+from mechanisms import accounting
+from mechanisms.accounting import PrivacyBudgetError, PrivacyLedger
 
 DELTA = 1e-6
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from transforms import aggregation as agg
+from mechanisms import gate, median, token_rules
 
 C = 1.0
 GRID = np.linspace(-C, C, 5)  # -c, -c/2, 0, c/2, c: ties are common
@@ -18,7 +18,7 @@ def _random_batch(rng, n, vocab, kind):
         return rng.choice(GRID, size=(n, vocab))
     if kind == "continuous":
         return rng.uniform(-C, C, size=(n, vocab))
-    return agg.clip_logits(rng.normal(scale=C, size=(n, vocab)), C)
+    return token_rules.clip_logits(rng.normal(scale=C, size=(n, vocab)), C)
 
 
 def _neighbours(batch, extra_values=GRID):
@@ -37,9 +37,9 @@ def _neighbours(batch, extra_values=GRID):
 
 
 def _log_ratio_ranges(aggregate, neighbour_aggregates, tau):
-    log_p = np.log(agg.softmax(aggregate, tau))
+    log_p = np.log(token_rules.softmax(aggregate, tau))
     for other in neighbour_aggregates:
-        ratio = log_p - np.log(agg.softmax(other, tau))
+        ratio = log_p - np.log(token_rules.softmax(other, tau))
         yield np.abs(ratio).max(), ratio.max() - ratio.min()
 
 
@@ -49,35 +49,35 @@ def _log_ratio_ranges(aggregate, neighbour_aggregates, tau):
 def test_clip_matches_the_formula_on_vectors_and_batches():
     rng = np.random.default_rng(0)
     z = rng.normal(scale=5.0, size=(6, 11))
-    clipped = agg.clip_logits(z, 2.0)
+    clipped = token_rules.clip_logits(z, 2.0)
     expected = np.maximum(-2.0, z - z.max(axis=1, keepdims=True) + 2.0)
     np.testing.assert_array_equal(clipped, expected)
-    np.testing.assert_array_equal(agg.clip_logits(z[3], 2.0), expected[3])
+    np.testing.assert_array_equal(token_rules.clip_logits(z[3], 2.0), expected[3])
     assert clipped.min() >= -2.0 and np.all(clipped.max(axis=1) == 2.0)
 
 
 def test_clip_ignores_masked_tokens_for_its_max_and_floors_them():
     z = np.array([9.0, 1.0, 0.5, -3.0])
     mask = np.array([False, True, True, True])
-    clipped = agg.clip_logits(agg.apply_mask(z, mask), 1.0)
+    clipped = token_rules.clip_logits(token_rules.apply_mask(z, mask), 1.0)
     np.testing.assert_array_equal(clipped, [-1.0, 1.0, 0.5, -1.0])
 
 
 def test_clip_rejects_unusable_logits():
     with pytest.raises(ValueError):
-        agg.clip_logits([np.nan, 1.0], 1.0)
+        token_rules.clip_logits([np.nan, 1.0], 1.0)
     with pytest.raises(ValueError):
-        agg.clip_logits([-np.inf, -np.inf], 1.0)
+        token_rules.clip_logits([-np.inf, -np.inf], 1.0)
     with pytest.raises(ValueError):
-        agg.clip_logits([0.0, 1.0], 0.0)
+        token_rules.clip_logits([0.0, 1.0], 0.0)
 
 
 def test_top_k_mask_keeps_exactly_the_k_largest_public_logits():
     z = np.array([0.3, 2.0, -1.0, 5.0, 1.0])
-    np.testing.assert_array_equal(agg.top_k_mask(z, 2), [False, True, False, True, False])
-    assert agg.top_k_mask(z, None).all() and agg.top_k_mask(z, 99).all()
+    np.testing.assert_array_equal(token_rules.top_k_mask(z, 2), [False, True, False, True, False])
+    assert token_rules.top_k_mask(z, None).all() and token_rules.top_k_mask(z, 99).all()
     with pytest.raises(ValueError):
-        agg.top_k_mask(z, 0)
+        token_rules.top_k_mask(z, 0)
 
 
 # ---------------------------------------------------------------- mean rule
@@ -85,8 +85,8 @@ def test_top_k_mask_keeps_exactly_the_k_largest_public_logits():
 
 def test_mean_divides_by_the_expected_size_and_accepts_an_empty_batch():
     batch = np.array([[1.0, -1.0], [0.5, 1.0], [1.0, 0.0]])
-    np.testing.assert_allclose(agg.mean_aggregate(batch, 4), [2.5 / 4, 0.0])
-    np.testing.assert_array_equal(agg.mean_aggregate(np.zeros((0, 3)), 4), np.zeros(3))
+    np.testing.assert_allclose(token_rules.mean_aggregate(batch, 4), [2.5 / 4, 0.0])
+    np.testing.assert_array_equal(token_rules.mean_aggregate(np.zeros((0, 3)), 4), np.zeros(3))
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 8, 13])
@@ -94,10 +94,10 @@ def test_one_member_moves_the_mean_by_at_most_c_over_s_and_that_is_attained(n):
     rng = np.random.default_rng(n)
     s, vocab = 8, 4
     batch = _random_batch(rng, n, vocab, "clipped")
-    base = agg.mean_aggregate(batch, s)
-    bound = agg.mean_sensitivity(C, s)
+    base = token_rules.mean_aggregate(batch, s)
+    bound = token_rules.mean_sensitivity(C, s)
     assert bound == C / s
-    shifts = [np.abs(agg.mean_aggregate(other, s) - base).max()
+    shifts = [np.abs(token_rules.mean_aggregate(other, s) - base).max()
               for other in _neighbours(batch)]
     assert max(shifts) <= bound * (1 + 1e-12)
     assert max(shifts) == pytest.approx(bound, rel=1e-12)
@@ -108,10 +108,10 @@ def test_exact_token_privacy_loss_of_the_mean_never_exceeds_eta(n):
     rng = np.random.default_rng(100 + n)
     s, tau, vocab = 4, 0.7, 4
     batch = _random_batch(rng, n, vocab, "clipped")
-    eta = 2 * agg.mean_sensitivity(C, s) / tau
-    assert eta ** 2 / 8 == pytest.approx(agg.token_rho_mean(C, s, tau), rel=1e-12)
-    neighbours = (agg.mean_aggregate(b, s) for b in _neighbours(batch))
-    worst = np.array(list(_log_ratio_ranges(agg.mean_aggregate(batch, s), neighbours, tau)))
+    eta = 2 * token_rules.mean_sensitivity(C, s) / tau
+    assert eta ** 2 / 8 == pytest.approx(token_rules.token_rho_mean(C, s, tau), rel=1e-12)
+    neighbours = (token_rules.mean_aggregate(b, s) for b in _neighbours(batch))
+    worst = np.array(list(_log_ratio_ranges(token_rules.mean_aggregate(batch, s), neighbours, tau)))
     assert worst.max() <= eta * (1 + 1e-12)
     # Adding a member with +c and -c coordinates spans the whole range.
     assert worst[:, 1].max() == pytest.approx(eta, rel=1e-9)
@@ -131,12 +131,12 @@ def test_median_is_the_lower_median_and_empty_gives_zeros(n):
     batch = _random_batch(rng, n, 5, "grid")
     expected = ([_lower_median_by_hand(batch[:, j]) for j in range(5)] if n
                 else np.zeros(5))
-    np.testing.assert_array_equal(agg.median_aggregate(batch), expected)
+    np.testing.assert_array_equal(median.median_aggregate(batch), expected)
 
 
 def _brute_force_local_sensitivity(batch):
-    base = agg.median_aggregate(batch)
-    return max(np.abs(agg.median_aggregate(other) - base).max()
+    base = median.median_aggregate(batch)
+    return max(np.abs(median.median_aggregate(other) - base).max()
                for other in _neighbours(batch))
 
 
@@ -146,31 +146,31 @@ def test_median_local_sensitivity_equals_the_brute_force_maximum(n, kind):
     rng = np.random.default_rng(1000 * n + len(kind))
     for _ in range(3):
         batch = _random_batch(rng, n, 3, kind)
-        assert agg.median_local_sensitivity(batch, C) == _brute_force_local_sensitivity(batch)
+        assert median.median_local_sensitivity(batch, C) == _brute_force_local_sensitivity(batch)
 
 
 def test_median_local_sensitivity_on_hand_made_cases():
-    assert agg.median_local_sensitivity(np.zeros((0, 2)), C) == C
+    assert median.median_local_sensitivity(np.zeros((0, 2)), C) == C
     # One member: adding -c takes the top token from c to -c.
-    assert agg.median_local_sensitivity([[C, -C]], C) == 2 * C
-    assert agg.median_local_sensitivity([[-C, -C]], C) == C  # removal -> 0
+    assert median.median_local_sensitivity([[C, -C]], C) == 2 * C
+    assert median.median_local_sensitivity([[-C, -C]], C) == C  # removal -> 0
     # Three agreeing members centred on the median pin it.
-    assert agg.median_local_sensitivity([[-1.0], [0.2], [0.2], [0.2], [1.0]], C) == 0.0
+    assert median.median_local_sensitivity([[-1.0], [0.2], [0.2], [0.2], [1.0]], C) == 0.0
     # Three agree, but the lower median's neighbour gap lies outside them.
-    assert agg.median_local_sensitivity(
+    assert median.median_local_sensitivity(
         [[-1.0], [-0.5], [0.2], [0.2], [0.2]], C) == pytest.approx(0.7)
     with pytest.raises(ValueError):
-        agg.median_local_sensitivity([[3.0, 0.0]], C)
+        median.median_local_sensitivity([[3.0, 0.0]], C)
 
 
 def test_masked_tokens_do_not_change_the_median_local_sensitivity():
     rng = np.random.default_rng(7)
     for n in range(0, 9):
         logits = rng.normal(size=(n, 12))
-        mask = agg.top_k_mask(rng.normal(size=12), 5)
-        clipped = agg.clip_logits(agg.apply_mask(logits, mask), C) if n else np.zeros((0, 12))
-        assert (agg.median_local_sensitivity(clipped, C)
-                == agg.median_local_sensitivity(clipped[:, mask], C))
+        mask = token_rules.top_k_mask(rng.normal(size=12), 5)
+        clipped = token_rules.clip_logits(token_rules.apply_mask(logits, mask), C) if n else np.zeros((0, 12))
+        assert (median.median_local_sensitivity(clipped, C)
+                == median.median_local_sensitivity(clipped[:, mask], C))
 
 
 @pytest.mark.parametrize("n", range(0, 8))
@@ -179,20 +179,20 @@ def test_exact_token_privacy_loss_of_the_median_never_exceeds_its_local_eta(n):
     tau = 0.5
     for kind in ("grid", "clipped"):
         batch = _random_batch(rng, n, 3, kind)
-        local = agg.median_local_sensitivity(batch, C)
+        local = median.median_local_sensitivity(batch, C)
         eta = 2 * local / tau
-        assert eta ** 2 / 8 == pytest.approx(agg.token_rho_median(local, tau), rel=1e-12)
-        neighbours = (agg.median_aggregate(b) for b in _neighbours(batch))
-        worst = np.array(list(_log_ratio_ranges(agg.median_aggregate(batch), neighbours, tau)))
+        assert eta ** 2 / 8 == pytest.approx(median.token_rho_median(local, tau), rel=1e-12)
+        neighbours = (median.median_aggregate(b) for b in _neighbours(batch))
+        worst = np.array(list(_log_ratio_ranges(median.median_aggregate(batch), neighbours, tau)))
         assert worst.max() <= eta + 1e-12
-        assert worst.max() <= 2 * agg.median_worst_case_sensitivity(C) / tau + 1e-12
+        assert worst.max() <= 2 * median.median_worst_case_sensitivity(C) / tau + 1e-12
 
 
 def test_five_agreeing_members_of_eight_cost_nothing_ex_post():
     rng = np.random.default_rng(5)
     logits = rng.normal(scale=3.0, size=(8, 50))
     logits[1:5] = logits[0]
-    assert agg.median_local_sensitivity(agg.clip_logits(logits, 10.0), 10.0) == 0.0
+    assert median.median_local_sensitivity(token_rules.clip_logits(logits, 10.0), 10.0) == 0.0
 
 
 # ----------------------------------------------------------------- sampling
@@ -202,21 +202,21 @@ def test_sample_token_frequencies_match_the_softmax():
     rng = np.random.default_rng(11)
     aggregate = np.array([0.5, -0.2, 0.0, 1.0, -1.0, -np.inf])
     tau, draws = 0.7, 20_000
-    counts = np.bincount([agg.sample_token(aggregate, tau, rng) for _ in range(draws)],
+    counts = np.bincount([token_rules.sample_token(aggregate, tau, rng) for _ in range(draws)],
                          minlength=aggregate.size)
     assert counts[-1] == 0  # masked
-    expected = agg.softmax(aggregate, tau)[:-1] * draws
+    expected = token_rules.softmax(aggregate, tau)[:-1] * draws
     np.testing.assert_allclose(expected.sum(), draws)
     assert stats.chisquare(counts[:-1], expected).pvalue > 1e-3
     # The same data rejects a wrong temperature: the test has power.
-    wrong = agg.softmax(aggregate, 2 * tau)[:-1] * draws
+    wrong = token_rules.softmax(aggregate, 2 * tau)[:-1] * draws
     assert stats.chisquare(counts[:-1], wrong).pvalue < 1e-6
 
 
 def test_sample_token_never_draws_a_masked_token():
     rng = np.random.default_rng(12)
-    aggregate = agg.apply_mask(np.zeros(8), agg.top_k_mask(np.arange(8.0), 3))
-    assert {agg.sample_token(aggregate, 1e-3, rng) for _ in range(500)} <= {5, 6, 7}
+    aggregate = token_rules.apply_mask(np.zeros(8), token_rules.top_k_mask(np.arange(8.0), 3))
+    assert {token_rules.sample_token(aggregate, 1e-3, rng) for _ in range(500)} <= {5, 6, 7}
 
 
 # ----------------------------------------------------- public-token gate
@@ -228,19 +228,19 @@ def test_gate_distance_moves_by_at_most_one_over_s_per_member():
     public = rng.normal(size=vocab)
     for n in range(0, 7):
         members = rng.normal(scale=2.0, size=(n, vocab))
-        base = agg.gate_distance(members, public, s)
+        base = gate.gate_distance(members, public, s)
         for i in range(n):
-            removed = agg.gate_distance(np.delete(members, i, 0), public, s)
+            removed = gate.gate_distance(np.delete(members, i, 0), public, s)
             assert abs(removed - base) <= 1 / s + 1e-12
         for _ in range(50):
             added = np.vstack([members, rng.normal(scale=5.0, size=vocab)])
-            assert abs(agg.gate_distance(added, public, s) - base) <= 1 / s + 1e-12
+            assert abs(gate.gate_distance(added, public, s) - base) <= 1 / s + 1e-12
     # A member all on a token the batch already over-weights moves d by 1/s.
     members = np.full((2, 3), -np.inf)
     members[:, 0] = 0.0
     public = np.array([-np.inf, 0.0, -np.inf])
-    assert agg.gate_distance(np.vstack([members, members[:1]]), public, s) - \
-        agg.gate_distance(members, public, s) == pytest.approx(1 / s)
+    assert gate.gate_distance(np.vstack([members, members[:1]]), public, s) - \
+        gate.gate_distance(members, public, s) == pytest.approx(1 / s)
 
 
 def _laplace_cdf(x, scale):
@@ -281,8 +281,8 @@ def test_an_above_threshold_round_is_two_sensitivities_over_sigma_dp():
                     worst = max(worst, abs(np.log(p / q)))
     assert worst <= epsilon * (1 + 1e-6)
     assert worst > 0.5 * epsilon  # the check is not vacuous
-    assert agg.gate_rho_per_private_token(sigma, s) == pytest.approx(epsilon ** 2 / 2)
-    assert agg.gate_rho_per_private_token(sigma, s) == pytest.approx(2 / (s * sigma) ** 2)
+    assert gate.gate_rho_per_private_token(sigma, s) == pytest.approx(epsilon ** 2 / 2)
+    assert gate.gate_rho_per_private_token(sigma, s) == pytest.approx(2 / (s * sigma) ** 2)
 
 
 class _ScriptedRng:
@@ -298,12 +298,12 @@ class _ScriptedRng:
 
 def test_gate_draws_threshold_and_query_noise_at_the_right_scales():
     rng = _ScriptedRng([0.1, 0.0, 0.5, -0.2, 0.0, 0.0])
-    gate = agg.PublicTokenGate(threshold=1.0, noise_scale=0.3, max_private_tokens=5, rng=rng)
-    assert not gate.use_private_token(1.05, rng)  # 1.05 + 0.0 < 1.0 + 0.1
-    assert gate.use_private_token(0.7, rng)       # 0.7 + 0.5 >= 1.1, then redraw
-    assert gate.use_private_token(0.8, rng)       # 0.8 + 0.0 >= 1.0 - 0.2
+    token_gate = gate.PublicTokenGate(threshold=1.0, noise_scale=0.3, max_private_tokens=5, rng=rng)
+    assert not token_gate.use_private_token(1.05, rng)  # 1.05 + 0.0 < 1.0 + 0.1
+    assert token_gate.use_private_token(0.7, rng)       # 0.7 + 0.5 >= 1.1, then redraw
+    assert token_gate.use_private_token(0.8, rng)       # 0.8 + 0.0 >= 1.0 - 0.2
     assert rng.scales == [0.3, 0.6, 0.6, 0.3, 0.6, 0.3]
-    assert gate.private_tokens == 2
+    assert token_gate.private_tokens == 2
 
 
 def test_gate_emits_public_tokens_when_distributions_agree():
@@ -311,11 +311,11 @@ def test_gate_emits_public_tokens_when_distributions_agree():
     s = 4
     public = rng.normal(size=20)
     members = np.tile(public, (s, 1))
-    distance = agg.gate_distance(members, public, s)
+    distance = gate.gate_distance(members, public, s)
     assert distance == pytest.approx(0.0, abs=1e-12)
-    gate = agg.PublicTokenGate(threshold=1.0, noise_scale=0.05, max_private_tokens=3, rng=rng)
-    assert not any(gate.use_private_token(distance, rng) for _ in range(200))
-    assert gate.private_tokens == 0 and not gate.must_stop
+    token_gate = gate.PublicTokenGate(threshold=1.0, noise_scale=0.05, max_private_tokens=3, rng=rng)
+    assert not any(token_gate.use_private_token(distance, rng) for _ in range(200))
+    assert token_gate.private_tokens == 0 and not token_gate.must_stop
 
 
 def test_gate_spends_private_tokens_when_distributions_diverge_and_stops_at_the_cap():
@@ -325,15 +325,15 @@ def test_gate_spends_private_tokens_when_distributions_diverge_and_stops_at_the_
     public[0] = 30.0
     members = np.zeros((s, vocab))
     members[:, 1] = 30.0
-    distance = agg.gate_distance(members, public, s)
+    distance = gate.gate_distance(members, public, s)
     assert distance == pytest.approx(2.0, abs=1e-9)
-    gate = agg.PublicTokenGate(threshold=1.0, noise_scale=0.05, max_private_tokens=3, rng=rng)
+    token_gate = gate.PublicTokenGate(threshold=1.0, noise_scale=0.05, max_private_tokens=3, rng=rng)
     decisions = []
-    while not gate.must_stop:
-        decisions.append(gate.use_private_token(distance, rng))
-    assert decisions == [True, True, True] and gate.private_tokens == 3
+    while not token_gate.must_stop:
+        decisions.append(token_gate.use_private_token(distance, rng))
+    assert decisions == [True, True, True] and token_gate.private_tokens == 3
     with pytest.raises(RuntimeError):
-        gate.use_private_token(distance, rng)
+        token_gate.use_private_token(distance, rng)
 
 
 def test_gate_decision_probability_matches_the_two_laplace_scales():
@@ -341,7 +341,7 @@ def test_gate_decision_probability_matches_the_two_laplace_scales():
     sigma, threshold, gap = 0.2, 1.0, 0.2
     trials = 20_000
     private = sum(
-        agg.PublicTokenGate(threshold=threshold, noise_scale=sigma, max_private_tokens=1,
+        gate.PublicTokenGate(threshold=threshold, noise_scale=sigma, max_private_tokens=1,
                             rng=rng).use_private_token(threshold + gap, rng)
         for _ in range(trials))
     expected = _above_threshold_probability(np.array([gap]), sigma, above_last=True)

@@ -7,9 +7,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from transforms.assign_to_batches import AssignToBatches
-from transforms.batching import batch_of, planned_batch_count
+from mechanisms.assign_to_batches import batch_of, planned_batch_count
 from transforms.cluster import ClusterRelease
-from transforms.records import Record
+from transforms.read import Record
 
 
 def test_planned_batch_count_floors_and_never_goes_negative():

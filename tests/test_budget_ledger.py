@@ -12,7 +12,7 @@ from beam_pipeline import budget_ledger as bl
 from beam_pipeline import cli
 from beam_pipeline.run import run
 from tests.pipeline_fixtures import FIXED_SECRET, tiny_args, write_reviews_csv
-from transforms.randomness import new_run_secret
+from mechanisms.randomness import new_run_secret
 
 DELTA = 1e-6
 
@@ -414,7 +414,8 @@ def test_two_racing_dpsynth_runs_exactly_one_runs(tmp_path, reviews):
 def test_median_ptr_runs_compose_their_tests_and_sum_their_deltas(tmp_path):
     """A median_ptr run records a randomized-response event for its stability test and
     the delta the test spends; the domain's total converts at delta minus all of them."""
-    from transforms import accounting, median_ptr
+    from mechanisms import accounting
+    from mechanisms import median_ptr
 
     ptr = median_ptr.PtrSettings.for_run(bound=0.5, svt_epsilon=2.0, fallback="mean",
                                          max_tokens=16, delta=DELTA / 2)

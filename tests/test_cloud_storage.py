@@ -10,8 +10,8 @@ from beam_pipeline import cli
 from beam_pipeline.run import run
 from tests.pipeline_fixtures import tiny_args, write_reviews_csv
 from tests.test_budget_ledger import RACE_LIFETIME, race_cost, race_in_threads, reserve
-from transforms import storage
-from transforms.randomness import new_run_secret
+from beam_pipeline import storage
+from mechanisms.randomness import new_run_secret
 
 
 def upload(bucket, name, path):

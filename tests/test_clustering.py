@@ -1,6 +1,6 @@
 import numpy as np
 
-from transforms import clustering
+from mechanisms import cluster as clustering
 from transforms.cluster import ClusterStatsCombineFn, ClusteringConfig, release_histogram
 
 

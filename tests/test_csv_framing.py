@@ -1,6 +1,6 @@
 """CSV framing: one malformed row never pulls the well-formed rows after it into itself.
 
-The reader of transforms/records.py rejects a row it cannot read by its first line
+The reader of transforms/read.py rejects a row it cannot read by its first line
 alone and reads on from the next line. That keeps neighbouring inputs neighbours
 only if a row that opens a quote it never closes cannot end up closing it inside
 the well-formed rows below: `scan_csv_row`'s rules on how a quoted field may begin
@@ -11,8 +11,7 @@ import itertools
 
 import pytest
 
-from transforms.records import (CSV_MAX_ROW_LINES, CsvRowError, Record, RecordSchema,
-                                Rejected, parse_file, scan_csv_row)
+from transforms.read import (CSV_MAX_ROW_LINES, CsvRowError, Record, RecordSchema, Rejected, parse_file, scan_csv_row)
 
 ALPHABET = ("a", ",", '"', "\n")
 # Every text of up to this many characters over ALPHABET: about 1.4 million.
@@ -66,7 +65,7 @@ def test_an_unclosed_quote_never_closes_inside_well_formed_rows():
 def test_the_exhaustive_check_finds_the_swallowing_without_the_quoted_start_rule(monkeypatch):
     """The check above has teeth: without the rule on how a quoted field begins, an open
     quote does close inside well-formed rows (e.g. above a row `a,"` + line break + `x"`)."""
-    from transforms import records
+    from transforms import read as records
     monkeypatch.setattr(records, "_check_quoted_start", lambda line, position: None)
     lines = ['a,"', 'x"']
     assert records.scan_csv_row(lines, 0) == (["a", "\nx"], 1)

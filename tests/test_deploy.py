@@ -179,7 +179,7 @@ def test_airflow_dag_is_valid_python():
 def test_portable_runner_path(gcs_bucket, tmp_path):
     """The runner path FlinkRunner takes, with Beam's embedded job server instead of
     Flink's, on gs:// input and output (Cloud Storage emulator) and tiny models."""
-    from transforms import storage
+    from beam_pipeline import storage
 
     for shard in range(2):
         local = write_reviews_csv(tmp_path / f"part-{shard}.csv", n=24, seed=shard)

@@ -427,7 +427,7 @@ class WordEncoder:
 
 def _dp_synthetic_embeddings(encoder, samples=60, sum_noise=0.5):
     """Embeddings drawn from the DP release of labelled private fruit and noise sentences."""
-    from transforms import synthetic_embeddings as release
+    from mechanisms import release_embeddings as release
 
     texts = sentences(FRUIT, 40, seed=60) + sentences(NOISE, 40, seed=61)
     cells = [("fruit", 0)] * 40 + [("noise", 0)] * 40
@@ -505,7 +505,7 @@ def test_embeddings_of_another_dimension_are_refused(tiny_encoder):
 
 @pytest.mark.parametrize("extension", ["npz", "parquet"])
 def test_command_evaluates_an_embeddings_file(tmp_path, capsys, tiny_encoder, extension):
-    from transforms import synthetic_embeddings
+    from transforms import release_embeddings as synthetic_embeddings
 
     # The tiny encoder's random weights hardly separate the two vocabularies, so this checks
     # the plumbing: the accuracy figures of the embedding-space classifier are computed.
@@ -540,7 +540,7 @@ def test_command_evaluates_an_embeddings_file(tmp_path, capsys, tiny_encoder, ex
 ])
 def test_command_embeddings_mistakes_are_one_line_and_exit_2(tmp_path, capsys, problem,
                                                             expected):
-    from transforms import synthetic_embeddings
+    from transforms import release_embeddings as synthetic_embeddings
 
     real, _ = _command_inputs(tmp_path)
     path = tmp_path / "synthetic_embeddings.npz"

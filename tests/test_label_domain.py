@@ -9,9 +9,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from beam_pipeline.options import DpSynthOptions
 from beam_pipeline.plan import PlanError, make_plan
 from tests.pipeline_fixtures import tiny_args
-from transforms import synthetic_embeddings as lib
+from mechanisms import release_embeddings as lib
 from transforms.cluster import DP_KMEANS, UNIFORM, Cluster, ClusteringConfig
-from transforms.records import Record
+from transforms.read import Record
 from transforms.release_embeddings import ReleaseSyntheticEmbeddings
 
 

@@ -11,8 +11,9 @@ import pytest
 from beam_pipeline.plan import make_plan, plan_ledger
 from beam_pipeline.run import pipeline_options, run
 from tests.pipeline_fixtures import read_jsonl, tiny_args, write_reviews_csv
-from transforms import record_cap
-from transforms.records import Record
+from mechanisms import record_cap
+from transforms.record_cap import unit_key
+from transforms.read import Record
 
 SECRET = "ca9" * 11
 
@@ -24,17 +25,17 @@ def _records(n):
 def test_whether_a_unit_is_kept_depends_on_its_own_content_and_the_rate_only():
     records = _records(300)
     kept = {r.text for r in records
-            if record_cap.is_kept(SECRET, record_cap.unit_key(r, False), 0.4)}
+            if record_cap.is_kept(SECRET, unit_key(r, False), 0.4)}
     # Adding or removing other records changes nothing for these, in any order.
     others = _records(600)[300:]
     kept_with_others = {r.text for r in records[::-1] + others
-                        if record_cap.is_kept(SECRET, record_cap.unit_key(r, False), 0.4)}
+                        if record_cap.is_kept(SECRET, unit_key(r, False), 0.4)}
     assert kept == kept_with_others & {r.text for r in records}
     # The row number is not part of the key: the same text at another position is the same.
     moved = Record("r0", "review number 0", "A", source="elsewhere.csv:99")
-    assert record_cap.unit_key(moved, False) == record_cap.unit_key(records[0], False)
+    assert unit_key(moved, False) == unit_key(records[0], False)
     # With a unit column the unit's name is the key, so all its records share one fate.
-    assert record_cap.unit_key(Record("a", "x", unit="u7"), True) == record_cap.unit_key(
+    assert unit_key(Record("a", "x", unit="u7"), True) == unit_key(
         Record("b", "y", unit="u7"), True)
 
 
@@ -45,7 +46,7 @@ def test_the_sample_keeps_about_max_records_units():
     for seed in range(20):
         secret = f"{seed:032x}"
         rate = record_cap.keep_rate(cap, record_cap.noisy_unit_count(n, 10.0, secret))
-        kept_counts.append(sum(record_cap.is_kept(secret, record_cap.unit_key(r, False), rate)
+        kept_counts.append(sum(record_cap.is_kept(secret, unit_key(r, False), rate)
                                for r in records))
     mean, spread = float(np.mean(kept_counts)), float(np.std(kept_counts))
     print(f"kept {mean:.1f} +- {spread:.1f} of {n} for --max_records {cap} over 20 secrets")

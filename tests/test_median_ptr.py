@@ -8,15 +8,16 @@ import dp_accounting
 import numpy as np
 import pytest
 
-from transforms import accounting, aggregation, median_ptr
-from transforms.private_generation import GenerationConfig, PrivateTokenChooser
+from mechanisms import accounting, median, token_rules
+from mechanisms import median_ptr
+from mechanisms.generate import GenerationConfig, PrivateTokenChooser
 
 C = 1.0
 GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)
 
 
 def local_sensitivity(batch):
-    return aggregation.median_local_sensitivity(np.asarray(batch, dtype=float).reshape(-1, 1)
+    return median.median_local_sensitivity(np.asarray(batch, dtype=float).reshape(-1, 1)
                                                 if np.ndim(batch) == 1 else batch, C)
 
 
@@ -30,7 +31,7 @@ def brute_force_gamma(batch, bound, additions, limit):
         for state in frontier:
             members = np.array(state, dtype=float).reshape(len(state), -1) if state \
                 else np.zeros((0, len(additions[0])))
-            if aggregation.median_local_sensitivity(members, C) > bound:
+            if median.median_local_sensitivity(members, C) > bound:
                 return depth
         following = set()
         for state in frontier:
@@ -100,11 +101,11 @@ def test_gamma_has_sensitivity_one():
 def test_gamma_zero_exactly_when_local_sensitivity_exceeds_the_bound():
     rng = np.random.default_rng(3)
     for _ in range(200):
-        batch = aggregation.clip_logits(rng.normal(size=(int(rng.integers(0, 7)), 6)), C) \
+        batch = token_rules.clip_logits(rng.normal(size=(int(rng.integers(0, 7)), 6)), C) \
             if rng.random() < 0.9 else np.zeros((0, 6))
         bound = float(rng.uniform(0.05, 1.5))
         gamma = median_ptr.distance_to_instability(batch, C, bound)
-        assert (gamma == 0) == (aggregation.median_local_sensitivity(batch, C) > bound)
+        assert (gamma == 0) == (median.median_local_sensitivity(batch, C) > bound)
 
 
 def test_agreeing_batches_are_far_from_instability():
@@ -269,12 +270,12 @@ def test_passing_batches_release_distributions_within_the_bound():
     assert median_ptr.distance_to_instability(stable, C, bound) >= 1
 
     def worst_ratio(batch):
-        released = aggregation.softmax(aggregation.median_aggregate(batch), tau)
+        released = token_rules.softmax(median.median_aggregate(batch), tau)
         neighbours = [np.delete(batch, i, axis=0) for i in range(len(batch))]
         neighbours += [np.vstack([batch, np.array(v)])
                        for v in itertools.product(GRID, repeat=batch.shape[1])]
-        return max(np.abs(np.log(released) - np.log(aggregation.softmax(
-            aggregation.median_aggregate(other), tau))).max() for other in neighbours)
+        return max(np.abs(np.log(released) - np.log(token_rules.softmax(
+            median.median_aggregate(other), tau))).max() for other in neighbours)
 
     assert worst_ratio(stable) <= 2 * bound / tau + 1e-12
     unstable = np.array([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
@@ -295,11 +296,11 @@ def test_chooser_samples_the_median_at_the_test_rate_and_the_mean_after():
                                  fallback="mean")
     config = GenerationConfig(aggregator="median_ptr", clip=clip, temperature=tau,
                               expected_batch_size=s, max_new_tokens=3, ptr=ptr)
-    clipped = aggregation.clip_logits(members, clip)
+    clipped = token_rules.clip_logits(members, clip)
     gamma = median_ptr.distance_to_instability(clipped, clip, bound)
     p_pass = median_ptr.laplace_difference_tail(ptr.threshold - gamma, 1.0, 0.5)
-    median_p = aggregation.softmax(aggregation.median_aggregate(clipped), tau)
-    mean_p = aggregation.softmax(aggregation.mean_aggregate(clipped, s), tau)
+    median_p = token_rules.softmax(median.median_aggregate(clipped), tau)
+    mean_p = token_rules.softmax(token_rules.mean_aggregate(clipped, s), tau)
     trials = 6000
     counts, passed = np.zeros(3), 0
     for trial in range(trials):
@@ -316,7 +317,7 @@ def test_chooser_samples_the_median_at_the_test_rate_and_the_mean_after():
 
 
 def test_stop_fallback_ends_the_sequence_at_the_failure():
-    members = aggregation.clip_logits(np.array([[3.0, -2.0], [-2.0, 3.0]]), C)
+    members = token_rules.clip_logits(np.array([[3.0, -2.0], [-2.0, 3.0]]), C)
     ptr = median_ptr.PtrSettings(bound=0.1, noise_scale=0.1, threshold=5.0, fallback="stop")
     config = GenerationConfig(aggregator="median_ptr", clip=C, temperature=1.0,
                               expected_batch_size=2, max_new_tokens=4, ptr=ptr)

@@ -8,7 +8,7 @@ neighbours made by inserting one row (well-formed or malformed: stray and unclos
 quotes, wrong field counts, bad UTF-8, broken JSON, wrong types) or removing one.
 
 The steps run here are the Beam-free functions that the Beam stages call
-(transforms/records.py, transforms/record_cap.py); the last test checks that the
+(transforms/read.py, transforms/record_cap.py); the last test checks that the
 job's own stages (beam_pipeline/pipeline.usable_records) give the same records.
 """
 
@@ -30,8 +30,9 @@ from beam_pipeline.pipeline import usable_records
 from beam_pipeline.plan import make_plan
 from beam_pipeline.run import pipeline_options
 from tests.pipeline_fixtures import tiny_args
-from transforms import record_cap
-from transforms import records as rec
+from mechanisms import record_cap
+from transforms.record_cap import unit_key
+from transforms import read as rec
 
 SECRET = "5eed" * 8
 LABELS = ("A", "B", "C")
@@ -66,7 +67,7 @@ def used_records(files: dict[str, bytes], config: dict) -> collections.Counter:
                    for rows in by_unit.values()]
     if config["cap_rate"] is not None:
         records = [r for r in records
-                   if record_cap.is_kept(SECRET, record_cap.unit_key(r, ids_from_column),
+                   if record_cap.is_kept(SECRET, unit_key(r, ids_from_column),
                                          config["cap_rate"])]
     return collections.Counter(_identity(r, ids_from_column) for r in records)
 

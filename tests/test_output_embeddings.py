@@ -10,8 +10,8 @@ from beam_pipeline.options import DpSynthOptions
 from beam_pipeline.plan import EMBEDDINGS_STAGE, PlanError, make_plan, plan_ledger
 from beam_pipeline.run import run
 from tests.pipeline_fixtures import read_jsonl, tiny_args, write_reviews_csv
-from transforms import accounting
-from transforms.synthetic_embeddings import read_embeddings
+from mechanisms import accounting
+from transforms.release_embeddings import read_embeddings
 
 LABELS = ("--label_column", "category", "--label_values", "Restaurants,Shopping")
 

@@ -12,8 +12,8 @@ from beam_pipeline.options import DpSynthOptions
 from beam_pipeline.plan import PlanError, make_plan, plan_ledger
 from beam_pipeline.run import run
 from tests.pipeline_fixtures import read_jsonl, tiny_args, write_reviews_csv
-from transforms import accounting
-from transforms import private_evolution as pe
+from mechanisms import accounting
+from mechanisms import evolve as pe
 from transforms.evolve import VoteCountsCombineFn, _PopulationIndex
 from transforms.prompt_sampling import Member
 

@@ -3,21 +3,21 @@
 import numpy as np
 import pytest
 
-from transforms import aggregation
-from transforms.private_generation import GenerationConfig, PrivateTokenChooser
+from mechanisms import median, token_rules
+from mechanisms.generate import GenerationConfig, PrivateTokenChooser
 
 
 def full_vocabulary_probabilities(logits, config):
     """The chooser's token distribution computed the long way: mask the whole
     vocabulary to -inf, clip, aggregate, mask again, softmax."""
     members, public = logits[:-1], logits[-1]
-    mask = aggregation.top_k_mask(public, config.top_k)
-    clipped = aggregation.clip_logits(aggregation.apply_mask(members, mask), config.clip)
+    mask = token_rules.top_k_mask(public, config.top_k)
+    clipped = token_rules.clip_logits(token_rules.apply_mask(members, mask), config.clip)
     if config.aggregator == "mean":
-        aggregate = aggregation.mean_aggregate(clipped, config.expected_batch_size)
+        aggregate = token_rules.mean_aggregate(clipped, config.expected_batch_size)
     else:
-        aggregate = aggregation.median_aggregate(clipped)
-    return aggregation.softmax(aggregation.apply_mask(aggregate, mask), config.temperature)
+        aggregate = median.median_aggregate(clipped)
+    return token_rules.softmax(token_rules.apply_mask(aggregate, mask), config.temperature)
 
 
 @pytest.mark.parametrize("aggregator", ["mean", "median"])
@@ -35,7 +35,7 @@ def test_kept_columns_give_the_full_vocabulary_distribution(aggregator):
     for trial in range(trials):
         chooser = PrivateTokenChooser(config, secret="ab12", batch_id=f"b{trial}")
         counts[chooser.choose(0, logits)] += 1
-    kept = aggregation.top_k_mask(logits[-1], k)
+    kept = token_rules.top_k_mask(logits[-1], k)
     assert counts[~kept].sum() == 0
     assert np.abs(counts / trials - expected).max() < 0.02
 

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.records import Record, RecordSchema, Rejected, format_of, parse_file
+from transforms.read import Record, RecordSchema, Rejected, format_of, parse_file
 
 
 def _parse(data: bytes, file_format: str, **schema):

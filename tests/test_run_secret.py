@@ -8,7 +8,7 @@ from beam_pipeline import cli
 from beam_pipeline.plan import PlanError, make_plan
 from beam_pipeline.run import pipeline_options
 from tests.pipeline_fixtures import FIXED_SECRET, tiny_args
-from transforms.randomness import check_run_secret, new_run_secret
+from mechanisms.randomness import check_run_secret, new_run_secret
 
 SHORTEST = "f" * 32
 

@@ -11,9 +11,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms import accounting
-from transforms import synthetic_embeddings as lib
-from transforms.records import Record
+from mechanisms import accounting
+from mechanisms import release_embeddings as lib
+from transforms import release_embeddings as embeddings_files
+from transforms.read import Record
 from transforms.release_embeddings import ReleaseSyntheticEmbeddings
 
 DOMAIN = [(label, j) for label in ("a", "b") for j in range(3)]
@@ -175,9 +176,9 @@ def dataclass_replace_counts(release, counts):
 def test_files_round_trip(tmp_path, extension):
     vectors = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     labels = ["pos", None, "neg", "pos", "neg"]
-    path = lib.write_embeddings(str(tmp_path / f"embeddings.{extension}"), vectors, labels,
+    path = embeddings_files.write_embeddings(str(tmp_path / f"embeddings.{extension}"), vectors, labels,
                                 [0, 1, 2, 0, 1])
-    read_vectors, read_labels = lib.read_embeddings(path)
+    read_vectors, read_labels = embeddings_files.read_embeddings(path)
     assert read_vectors.dtype == np.float32
     np.testing.assert_array_equal(read_vectors, vectors)
     assert read_labels == labels
@@ -200,17 +201,17 @@ def test_files_round_trip(tmp_path, extension):
 def test_files_round_trip_on_cloud_storage(gcs_bucket, extension):
     vectors = np.random.default_rng(1).normal(size=(3, 2)).astype(np.float32)
     path = f"gs://{gcs_bucket}/run/synthetic_embeddings.{extension}"
-    lib.write_embeddings(path, vectors, ["x", "y", None], [2, 0, 1])
-    read_vectors, labels = lib.read_embeddings(path)
+    embeddings_files.write_embeddings(path, vectors, ["x", "y", None], [2, 0, 1])
+    read_vectors, labels = embeddings_files.read_embeddings(path)
     np.testing.assert_array_equal(read_vectors, vectors)
     assert labels == ["x", "y", None]
-    with pytest.raises(lib.EmbeddingsFileError, match="does not exist"):
-        lib.read_embeddings(f"gs://{gcs_bucket}/run/nothing.{extension}")
+    with pytest.raises(embeddings_files.EmbeddingsFileError, match="does not exist"):
+        embeddings_files.read_embeddings(f"gs://{gcs_bucket}/run/nothing.{extension}")
 
 
 def test_empty_file_round_trips(tmp_path):
-    path = lib.write_embeddings(str(tmp_path / "none.npz"), np.zeros((0, 3)), [], [])
-    vectors, labels = lib.read_embeddings(path)
+    path = embeddings_files.write_embeddings(str(tmp_path / "none.npz"), np.zeros((0, 3)), [], [])
+    vectors, labels = embeddings_files.read_embeddings(path)
     assert vectors.shape == (0, 3) and labels == []
 
 
@@ -229,8 +230,8 @@ def test_unreadable_files_give_one_line_errors(tmp_path, problem, expected):
         path.write_bytes(b"not a zip file")
     elif problem == "no_labels":
         np.savez(path, embeddings=np.zeros((2, 2)))
-    with pytest.raises(lib.EmbeddingsFileError, match=expected) as error:
-        lib.read_embeddings(str(path))
+    with pytest.raises(embeddings_files.EmbeddingsFileError, match=expected) as error:
+        embeddings_files.read_embeddings(str(path))
     assert "\n" not in str(error.value)
 
 
@@ -288,7 +289,7 @@ def test_transform_writes_the_sampled_embeddings_on_the_fn_api_runner(tmp_path, 
     outcome.wait_until_finish()
     counters = outcome.metrics().query(MetricsFilter().with_name("synthetic_embeddings_written"))
     assert sum(c.committed for c in counters["counters"]) == 40
-    vectors, labels = lib.read_embeddings(path)
+    vectors, labels = embeddings_files.read_embeddings(path)
     assert vectors.shape == (40, 4)
     assert set(labels) == {"pos", "neg"}
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
@@ -309,7 +310,7 @@ def test_transform_releases_the_public_domain_with_shared_centres(tmp_path):
                                                labels=("neg", "pos", "unseen"), dimension=4))
         assert_that(result["summary"] | beam.Map(lambda s: s["cells_released"]),
                     equal_to([9]))
-    vectors, labels = lib.read_embeddings(path)
+    vectors, labels = embeddings_files.read_embeddings(path)
     assert abs(len(labels) - 24) <= 6          # round(sum of positive noisy counts) ~ 24
     assert set(labels) <= {"neg", "pos", "unseen"} and {"neg", "pos"} <= set(labels)
     # Same secret, same file: retried or re-run, the release is the same.
@@ -319,7 +320,7 @@ def test_transform_releases_the_public_domain_with_shared_centres(tmp_path):
               "centres": pipeline | "Centres" >> beam.Create([shared])}
              | ReleaseSyntheticEmbeddings(config, "secret", again,
                                           labels=("neg", "pos", "unseen"), dimension=4))
-    np.testing.assert_array_equal(lib.read_embeddings(again)[0], vectors)
+    np.testing.assert_array_equal(embeddings_files.read_embeddings(again)[0], vectors)
 
 
 def test_transform_without_labels_and_one_placeholder_centre(tmp_path):
@@ -336,7 +337,7 @@ def test_transform_without_labels_and_one_placeholder_centre(tmp_path):
         assert_that(result["summary"] | beam.Map(
             lambda s: (s["cells_released"], s["cells_used"], s["dimension"])),
             equal_to([(1, 1, 4)]))
-    vectors, labels = lib.read_embeddings(path)
+    vectors, labels = embeddings_files.read_embeddings(path)
     assert vectors.shape == (10, 4) and labels == [None] * 10
 
 
@@ -358,14 +359,14 @@ def test_transform_takes_the_centres_of_dp_kmeans_cluster_release(tmp_path):
                   | ReleaseSyntheticEmbeddings(config, "secret", path, labels=clustering.labels,
                                                dimension=4))
         assert_that(result["summary"] | beam.Map(lambda s: s["cells_released"]), equal_to([4]))
-    vectors, labels = lib.read_embeddings(path)
+    vectors, labels = embeddings_files.read_embeddings(path)
     assert abs(len(labels) - 48) <= 6 and set(labels) == {"neg", "pos"}
     assert vectors.shape[1] == 4
 
 
 def test_transform_refuses_an_unknown_extension():
     config = lib.EmbeddingReleaseConfig(count_noise=1.0, sum_noise=1.0)
-    with pytest.raises(lib.EmbeddingsFileError, match="cannot tell the format"):
+    with pytest.raises(embeddings_files.EmbeddingsFileError, match="cannot tell the format"):
         ReleaseSyntheticEmbeddings(config, "secret", "out/embeddings.csv", dimension=4)
 
 

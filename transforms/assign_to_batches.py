@@ -7,7 +7,7 @@ import dataclasses
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.batching import batch_id, batch_of
+from mechanisms.assign_to_batches import batch_id, batch_of
 from transforms.read import NAMESPACE
 
 

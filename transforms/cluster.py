@@ -14,9 +14,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms import clustering
-from transforms.batching import planned_batch_count
-from transforms.randomness import keyed_generator
+from mechanisms import cluster as clustering
+from mechanisms.assign_to_batches import planned_batch_count
+from mechanisms.randomness import keyed_generator
 from transforms.read import NAMESPACE
 
 UNIFORM, PUBLIC_CENTERS, DP_KMEANS = "uniform", "public_centers", "dp_kmeans"

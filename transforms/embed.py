@@ -8,7 +8,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from transforms.model_handlers import SentenceEmbeddingHandler
 from transforms.read import NAMESPACE
-from transforms.records import unit_representative
+from transforms.read import unit_representative
 
 
 class BoundContributions(beam.PTransform):

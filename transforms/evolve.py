@@ -4,7 +4,7 @@ A round: embed the population; every private record finds its nearest member
 (of its label) on its worker, the population riding along as a side input;
 a CombineFn counts the votes; one step adds the Gaussian noise and redraws;
 the LM writes a variation of every member drawn. The math is in
-transforms/private_evolution.py.
+mechanisms/evolve.py.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms import private_evolution as pe
+from mechanisms import evolve as pe
 from transforms.embed import EmbedRecords
 from transforms.prompt_sampling import Member, SampleFromPrompts
-from transforms.randomness import keyed_generator
+from mechanisms.randomness import keyed_generator
 from transforms.read import NAMESPACE
-from transforms.records import Record
+from transforms.read import Record
 
 _LOG = logging.getLogger(__name__)
 

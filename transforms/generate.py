@@ -6,16 +6,16 @@ import dataclasses
 import hashlib
 import logging
 import os
+import string
 import time
 import uuid
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from mechanisms.generate import GenerationConfig, PrivateTokenChooser
 from offline_models.joint_decoding import GenerationRequest
 from transforms.model_handlers import GenerateInFixedCalls
-from transforms.private_generation import (GenerationConfig, PrivateTokenChooser,
-                                           render_prompt)
 from transforms.read import NAMESPACE
 
 _LOG = logging.getLogger(__name__)
@@ -171,3 +171,26 @@ class GenerateSynthetic(beam.PTransform):
                     call_attempts=GENERATION_CALL_ATTEMPTS,
                     after_call=fail_first_attempt_if_asked)
                 | "ToSyntheticRecord" >> beam.Map(to_record, beam.pvalue.AsSingleton(total)))
+
+
+def check_template(template: str, *, labelled: bool) -> None:
+    """Raises ValueError unless the template has {text} (and {label} only with labels)."""
+    fields = set()
+    try:
+        for _, field, _, _ in string.Formatter().parse(template):
+            if field is not None:
+                fields.add(field)
+    except ValueError as error:
+        raise ValueError(f"the prompt template is malformed: {error}") from None
+    if "text" not in fields:
+        raise ValueError("the prompt template has no {text} placeholder")
+    unknown = fields - {"text", "label"}
+    if unknown:
+        raise ValueError(f"the prompt template has unknown placeholders: "
+                         f"{', '.join('{' + f + '}' for f in sorted(unknown))}")
+    if "label" in fields and not labelled:
+        raise ValueError("the prompt template uses {label} but no --label_column is given")
+
+
+def render_prompt(template: str, text: str, label: str | None) -> str:
+    return template.format(text=text, label=label if label is not None else "")

@@ -12,9 +12,13 @@ import dataclasses
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+import numpy as np
+
+from mechanisms import token_rules
+from mechanisms.randomness import keyed_generator
 from offline_models.joint_decoding import GenerationRequest
+from transforms.generate import render_prompt
 from transforms.model_handlers import GenerateInFixedCalls
-from transforms.private_generation import PublicSamplingChooser, render_prompt
 from transforms.read import NAMESPACE
 
 
@@ -78,3 +82,25 @@ class SampleFromPrompts(beam.PTransform):
                 | "ToRequest" >> beam.Map(request)
                 | "Generate" >> GenerateInFixedCalls(self._lm, sort_key=lambda r: r.key[0])
                 | "ToMember" >> beam.Map(to_member))
+
+
+class PublicSamplingChooser:
+    """Samples from one non-private prompt alone (epsilon 0): the public corpus, and
+    Private Evolution's texts, whose prompts hold public or already released text.
+
+    `top_k` keeps the prompt's k most likely tokens, as --top_k does for private runs.
+    """
+
+    def __init__(self, *, temperature: float, secret: str, sample_id: str,
+                 top_k: int | None = None):
+        self._temperature = temperature
+        self._secret = secret
+        self._sample_id = sample_id
+        self._top_k = top_k
+
+    def choose(self, step: int, logits: np.ndarray) -> int:
+        rng = keyed_generator(self._secret, "public_corpus", self._sample_id, step)
+        row = logits[-1]
+        if self._top_k is not None:
+            row = token_rules.apply_mask(row, token_rules.top_k_mask(row, self._top_k))
+        return token_rules.sample_token(row, self._temperature, rng)

@@ -11,11 +11,11 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms import clustering
+from mechanisms import cluster as clustering
 from transforms.embed import EmbedRecords
 from transforms.prompt_sampling import Member, SampleFromPrompts
 from transforms.read import NAMESPACE, ReadRecords
-from transforms.records import RecordSchema
+from transforms.read import RecordSchema
 
 KMEANS_SEED = 20250605  # public data, so a fixed public seed
 
@@ -94,7 +94,7 @@ class PublicCentres(beam.PTransform):
 def _public_record(text):
     import hashlib
 
-    from transforms.records import Record
+    from transforms.read import Record
 
     digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
     return Record(record_id=f"public:{digest}", text=text, source="public")

@@ -1,10 +1,11 @@
-"""CapRecords: `--max_records` as a keyed sample of privacy units (transforms/record_cap.py)."""
+"""CapRecords: `--max_records` as a keyed sample of privacy units (mechanisms/record_cap.py)."""
 
 from __future__ import annotations
 
 import apache_beam as beam
 
-from transforms import record_cap
+from mechanisms import record_cap
+from transforms.read import Record, content_key
 
 SKIPPED_TAG = "skipped"
 
@@ -33,8 +34,7 @@ class CapRecords(beam.PTransform):
                 max_records, record_cap.noisy_unit_count(count, noise, secret))
 
         def split(record, keep_rate):
-            if record_cap.is_kept(secret, record_cap.unit_key(record, ids_from_column),
-                                  keep_rate):
+            if record_cap.is_kept(secret, unit_key(record, ids_from_column), keep_rate):
                 yield record
             else:
                 yield beam.pvalue.TaggedOutput(SKIPPED_TAG, record.source)
@@ -44,3 +44,10 @@ class CapRecords(beam.PTransform):
                      | "KeepRate" >> beam.Map(rate))
         return records | "Sample" >> beam.FlatMap(
             split, beam.pvalue.AsSingleton(keep_rate)).with_outputs(SKIPPED_TAG, main="records")
+
+
+def unit_key(record: Record, ids_from_column: bool) -> tuple:
+    """The unit's name when there is a unit column, else the record's own content."""
+    if record.unit is not None:
+        return ("unit", record.unit)
+    return ("record", *content_key(record, ids_from_column))

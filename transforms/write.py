@@ -13,7 +13,7 @@ import json
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import storage
+from beam_pipeline import storage
 
 STAGING_PREFIX = ".staging-"
 

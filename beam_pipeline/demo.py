@@ -66,6 +66,7 @@ def run_demo(*, input_path: Path, output: Path, records: int, secret: str | None
               f"{total['max']:.4g}, median {total['p50']:.4g} over {figures['batches']} batches")
     tokens = report["tokens"].get("generation", {})
     print(f"  tokens: {tokens.get('tokens', 0)} generated, {tokens.get('private_tokens', 0)} private")
-    print(f"\nDemo finished in {time.time() - started:.0f} s "
-          f"({summary['records_accepted']} records, {summary['synthetic_records']} synthetic).")
+    print(f"\nDemo finished in {time.time() - started:.0f} s ({summary['records_embedded']} of "
+          f"{summary['records_accepted']} records used, {summary['synthetic_records']} "
+          f"synthetic).")
     return summary

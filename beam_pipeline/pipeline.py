@@ -37,7 +37,8 @@ def usable_records(pipeline: beam.Pipeline, plan: RunPlan) -> dict:
     {"read": ReadRecords' outputs, "bounded": after unit bounding, "skipped": the
     sources the cap left out, "records": what the job uses}."""
     read = pipeline | "ReadRecords" >> ReadRecords(
-        plan.input, plan.schema, input_format=plan.input_format, label_values=plan.labels)
+        plan.input, plan.schema, input_format=plan.input_format, label_values=plan.labels,
+        encoding=plan.encoding)
     records = read["records"]
     ids_from_column = plan.schema.id_column is not None
     if plan.schema.unit_column:

@@ -44,6 +44,10 @@ class BudgetPlanError(ValueError):
     """A target or split that cannot be met; one line that says what to change."""
 
 
+class UnreachableTarget(BudgetPlanError):
+    """No calibration meets the target with what the user set."""
+
+
 @dataclasses.dataclass(frozen=True)
 class BudgetChoice:
     """What the plan chose, and why, for printing before any data is read."""
@@ -55,6 +59,8 @@ class BudgetChoice:
     chosen: dict                 # option name -> calibrated value
     given: dict                  # option name -> value the user set (budget-relevant ones)
     values: dict = dataclasses.field(repr=False, default_factory=dict)  # every value used
+    # Why nothing was calibrated to the default target: it cannot be met with what was set.
+    unmet: str | None = None
 
     def value(self, option: str):
         return self.values[option]
@@ -88,7 +94,24 @@ def parse_split(spec: str | None) -> dict:
 def choose(o) -> BudgetChoice:
     """Every budget-relevant value of the run, calibrated where the user set none.
 
-    `o` is the DpSynthOptions view; None means "not set"."""
+    `o` is the DpSynthOptions view; None means "not set". A stated target that cannot be
+    met is an error; the default one is not, since the user asked for no budget: the run
+    then keeps the uncalibrated defaults and the plan says why, with its epsilon."""
+    try:
+        return _choose(o)
+    except UnreachableTarget as error:
+        if o.target_epsilon is not None:
+            raise
+        values = {option: getattr(o, option) if getattr(o, option) is not None else default
+                  for option, default in UNUSED_DEFAULTS.items()}
+        given = {option: getattr(o, option) for option in UNUSED_DEFAULTS
+                 if getattr(o, option) is not None}
+        return BudgetChoice(target=DEFAULT_TARGET_EPSILON, target_stated=False,
+                            last_stage=_stages(o)[-1][0], shares={}, chosen={}, given=given,
+                            values=values, unmet=str(error))
+
+
+def _choose(o) -> BudgetChoice:
     target = o.target_epsilon if o.target_epsilon is not None else DEFAULT_TARGET_EPSILON
     split = parse_split(o.budget_split)
     stages = _stages(o)
@@ -191,7 +214,7 @@ def _calibrated_clip(o, target, earlier) -> float | None:
                 gaussian_noise_multipliers=earlier)
         if o.aggregator == "median_ptr":
             if o.ptr_bound is not None:
-                raise BudgetPlanError("--ptr_bound without --clip: set --clip too, or drop "
+                raise UnreachableTarget("--ptr_bound without --clip: set --clip too, or drop "
                                       "--ptr_bound so that both are calibrated (b = 2c/s)")
             return accounting.calibrate_median_ptr_clip(
                 target_epsilon=target, delta=o.delta, expected_batch_size=s, temperature=tau,
@@ -201,7 +224,7 @@ def _calibrated_clip(o, target, earlier) -> float | None:
         gate = ", the public-token gate (raise --gate_noise)" if o.public_tokens else ""
         test = (", the stability test (lower --ptr_svt_epsilon)"
                 if o.aggregator == "median_ptr" else "")
-        raise BudgetPlanError(
+        raise UnreachableTarget(
             f"epsilon {target:g} cannot be met at any clip: what does not depend on it "
             f"already costs that much: the noisy releases before generation (raise their "
             f"noise or lower their --budget_split share){gate}{test}") from None
@@ -230,7 +253,7 @@ def _noise(target: float, delta: float, unset, fixed, unreachable: str) -> float
             target_epsilon=target, delta=delta, releases=releases,
             gaussian_noise_multipliers=fixed)
     except accounting.PrivacyBudgetError:
-        raise BudgetPlanError(unreachable) from None
+        raise UnreachableTarget(unreachable) from None
 
 
 def _multipliers(noises) -> list:

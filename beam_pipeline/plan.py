@@ -264,7 +264,8 @@ def describe_plan(plan: RunPlan, epsilon: float) -> list[str]:
              f"{plan.delta:g} ({origin})"]
     split = [f"{stage} {share:.0%}" for stage, share in budget.shares.items()]
     split.append(f"{budget.last_stage} the rest")
-    lines.append("plan: split of the target: " + ", ".join(split))
+    if not budget.unmet:
+        lines.append("plan: split of the target: " + ", ".join(split))
     if budget.chosen:
         lines.append("plan: calibrated: " + ", ".join(
             f"--{option} {value:.4g}" for option, value in budget.chosen.items()))
@@ -281,9 +282,13 @@ def describe_plan(plan: RunPlan, epsilon: float) -> list[str]:
                      f"its ex-post figure beside it, which depends on the data and is not a "
                      f"guarantee")
     if not budget.target_stated and epsilon > budget.target:
-        why = ("the median rule is charged its worst case: --aggregator mean or median_ptr "
-               "meet this epsilon" if median and "clip" not in budget.given
-               else "the options you set cost more: leave them unset to have them calibrated")
+        if budget.unmet:
+            why = f"nothing was calibrated, as {budget.unmet}"
+        elif median and "clip" not in budget.given:
+            why = ("the median rule is charged its worst case: --aggregator mean or "
+                   "median_ptr meet this epsilon")
+        else:
+            why = "the options you set cost more: leave them unset to have them calibrated"
         lines.append(f"plan: warning: formal epsilon {epsilon:.4g} is above {budget.target:g} "
                      f"and no --target_epsilon holds the run to it; {why}")
     return lines

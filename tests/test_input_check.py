@@ -110,8 +110,19 @@ def test_a_windows_1252_csv_stops_and_names_its_encoding(tmp_path, capsys, no_mo
     data.write_bytes(("\r\n".join(WINDOWS_ROWS) + "\r\n").encode("cp1252"))
     code, ledger = _run(tmp_path, data, "--text_column", "body", "--label_column", "product",
                         "--label_values", "Billing,Accounts")
-    _refused(capsys, code, tmp_path, ledger, "tickets.csv is not utf-8", "line 2",
-             "pass --encoding cp1252")
+    _refused(capsys, code, tmp_path, ledger, "tickets.csv is not utf-8",
+             "lines 2 and 1 more of the first 4 do not decode", "pass --encoding cp1252")
+
+
+def test_a_few_corrupt_rows_are_left_to_the_parser_to_reject(tmp_path):
+    """One bad byte in a UTF-8 file is a corrupt row, rejected alone, not a wrong encoding."""
+    from beam_pipeline.input_check import check_input
+
+    data = tmp_path / "tickets.csv"
+    rows = [b"id,text", *(f"r{i},fine text {i}".encode() for i in range(19)), b"r19,bad \xff"]
+    data.write_bytes(b"\n".join(rows) + b"\n")
+    check_input([str(data)], schema=rec.RecordSchema(), declared_format=None,
+                encoding="utf-8", open_file=lambda path: open(path, "rb"))
 
 
 def test_an_unknown_encoding_is_one_line(tmp_path, capsys, no_models_no_job):

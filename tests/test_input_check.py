@@ -9,7 +9,6 @@ from beam_pipeline import cli
 from beam_pipeline import run as run_module
 from tests.pipeline_fixtures import FIXED_SECRET, write_reviews_csv
 from transforms import records as rec
-from transforms.read import reencode_as_utf8
 
 # Text a Windows spreadsheet writes: euro signs, curly quotes and a dash, all outside ASCII.
 WINDOWS_ROWS = ["id,body,product",
@@ -132,6 +131,8 @@ def test_an_unknown_encoding_is_one_line(tmp_path, capsys, no_models_no_job):
 
 
 def test_with_its_encoding_every_windows_row_is_read_intact():
+    from transforms.read import reencode_as_utf8
+
     data = ("\r\n".join(WINDOWS_ROWS) + "\r\n").encode("cp1252")
     schema = rec.RecordSchema(text_column="body", label_column="product")
     items = list(rec.parse_file("t.csv", reencode_as_utf8(data, "cp1252"), schema, "csv"))

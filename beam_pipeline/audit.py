@@ -36,12 +36,13 @@ from evaluation import audit as measures
 from transforms.write import read_json_lines
 from evaluation import memorisation
 from transforms import read as records_lib
-from transforms.read import DUPLICATE_ID_REASON
+from transforms.read import DUPLICATE_ID_REASON, reencode_as_utf8
 
 AUDIT_INPUT = "audit_input.jsonl"
 CANARY_PREFIX = "dpsynth-audit-canary"
 # Options of `dpsynth run` that the audit applies itself, before the job sees the records.
-CONSUMED_RUN_OPTIONS = ("--input", "--input_format", "--max_records")
+# The audit hands the job its own UTF-8 JSONL, so the job must not decode it again.
+CONSUMED_RUN_OPTIONS = ("--input", "--input_format", "--max_records", "--encoding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +220,8 @@ def read_usable_records(plan, seed: int = 0) -> tuple[list, dict]:
         file_format = records_lib.format_of(path, plan.input_format)
         with FileSystems.open(path) as handle:
             data = handle.read()
+        if file_format != "parquet":
+            data = reencode_as_utf8(data, plan.encoding)
         for row, record in records_lib.parse_rows(path, data, plan.schema, file_format):
             record = records_lib.within_label_values(record, labels)
             if isinstance(record, records_lib.Record) and plan.schema.id_column:

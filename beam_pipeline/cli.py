@@ -21,6 +21,8 @@ def main(argv=None) -> int:
         return _guarded(lambda: _run_job(argv[1:]))
     if argv[:1] == ["audit"]:
         return _guarded(lambda: _audit(argv[1:]))
+    if argv[:1] == ["plan"]:
+        return _guarded(lambda: _plan(argv[1:]))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -51,6 +53,12 @@ def _parser():
         "run", add_help=False,
         help="run the DP synthetic-data job (dpsynth run --help lists every option)")
     run.set_defaults(run=_run)
+
+    plan = commands.add_parser(
+        "plan", add_help=False,
+        help="print what `dpsynth run` with the same options would spend and calibrate, and "
+             "its privacy ledger; reads no data and runs nothing")
+    plan.set_defaults(run=_run)
 
     audit = commands.add_parser(
         "audit", add_help=False,
@@ -164,6 +172,40 @@ def _run_job(argv):
 
     configure_logging()
     run(argv)
+    return 0
+
+
+def _plan(argv):
+    from beam_pipeline.options import DpSynthOptions
+
+    if "--help" in argv or "-h" in argv or not argv:
+        parser = argparse.ArgumentParser(
+            prog="dpsynth plan", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            description="Print the plan of `dpsynth run` with the same options: the target "
+                        "epsilon, its split, the calibrated clip and noise, and the privacy "
+                        "ledger. Reads no data, loads no model, writes nothing.")
+        DpSynthOptions._add_argparse_args(parser)
+        parser.print_help()
+        return 0 if argv else EXIT_USAGE
+    _check_option_values(argv, DpSynthOptions, prog="dpsynth plan")
+    from beam_pipeline import budget_ledger
+    from beam_pipeline.plan import (check_budget, describe_plan, lifetime_preview, make_plan,
+                                    plan_ledger)
+    from beam_pipeline.run import pipeline_options
+
+    plan = make_plan(pipeline_options(argv))
+    epsilon = check_budget(plan)
+    for line in describe_plan(plan, epsilon):
+        print(line)
+    print()
+    # The ledger without its token counts, which only a run fills in.
+    print(plan_ledger(plan).to_markdown().split("\n## ")[0].rstrip())
+    try:
+        lines = lifetime_preview(plan)
+    except budget_ledger.BudgetLedgerError as error:
+        raise UsageError(str(error)) from None
+    for line in lines:
+        print(line)
     return 0
 
 

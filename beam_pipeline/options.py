@@ -16,6 +16,9 @@ LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT = "logit_aggregation", "private_ev
 METHODS = (LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT)
 
 
+CALIBRATED = "; default: calibrated to --target_epsilon (see --budget_split)"
+
+
 class DpSynthOptions(PipelineOptions):
     """Options of `dpsynth run`; the names follow docs/privacy.md and METHOD.md."""
 
@@ -27,6 +30,9 @@ class DpSynthOptions(PipelineOptions):
                                           "is replaced by --run_date")
         data.add_argument("--input_format", default=None,
                           help="jsonl, csv, parquet or text; default: from the file extension")
+        data.add_argument("--encoding", default="utf-8",
+                          help="text encoding of CSV, JSONL and text input, e.g. cp1252 for "
+                               "a Windows spreadsheet export (Parquet is always UTF-8)")
         data.add_argument("--output", help="output directory, local or gs://; {date} is "
                                            "replaced by --run_date. Files appear there only "
                                            "when the job succeeds")
@@ -52,9 +58,10 @@ class DpSynthOptions(PipelineOptions):
                                "probability N / (a noisy count of the units), by a keyed hash "
                                "of its own content, so no record's presence pushes out "
                                "another's")
-        data.add_argument("--max_records_noise", type=float, default=10.0,
+        data.add_argument("--max_records_noise", type=float, default=None,
                           help="sigma of the Gaussian noise on the count of units that sets "
-                               "the --max_records keep rate (one release in the ledger)")
+                               "the --max_records keep rate (one release in the ledger)"
+                               + CALIBRATED)
         data.add_argument("--max_chars", type=int, default=2000,
                           help="longest text used; see --over_length")
         data.add_argument("--over_length", choices=("truncate", "reject"), default="truncate",
@@ -71,17 +78,20 @@ class DpSynthOptions(PipelineOptions):
         method.add_argument("--clustering", choices=CLUSTERINGS, default="public_centers",
                             help="uniform (one cluster, 2024 method), public_centers (k-means "
                                  "on a public corpus, 2025 method) or dp_kmeans")
-        method.add_argument("--aggregator", choices=token_rules.RULES, default="median",
+        method.add_argument("--aggregator", choices=token_rules.RULES, default="mean",
                             help="clipped mean (formal guarantee), coordinate-wise median "
-                                 "(ex-post guarantee, reported beside its formal worst case) or "
+                                 "(ex-post guarantee, reported beside its formal worst case, "
+                                 "which is vacuous at a readable --clip) or "
                                  "median_ptr (the median behind a private stability test: formal "
                                  "guarantee at the proposed bound --ptr_bound)")
         method.add_argument("--batch_size", type=int, default=8,
                             help="s, the expected number of records per batch")
         method.add_argument("--temperature", type=float, default=1.0,
                             help="tau: tokens are sampled from softmax(aggregate / tau)")
-        method.add_argument("--clip", type=float, default=10.0,
-                            help="c: logits are re-centred so the top is c and clipped at -c")
+        method.add_argument("--clip", type=float, default=None,
+                            help="c: logits are re-centred so the top is c and clipped at -c; "
+                                 "default: calibrated to --target_epsilon for mean and "
+                                 "median_ptr, 10 for the median")
         method.add_argument("--max_new_tokens", type=int, default=64,
                             help="tokens generated per synthetic record at most")
         method.add_argument("--top_k", type=int, default=None,
@@ -121,8 +131,9 @@ class DpSynthOptions(PipelineOptions):
         evolution.add_argument("--pe_population", type=int, default=64,
                                help="M, synthetic texts in the population (all labels "
                                     "together); the output has M texts")
-        evolution.add_argument("--pe_vote_noise", type=float, default=10.0,
-                               help="sigma of the Gaussian noise on every member's vote count")
+        evolution.add_argument("--pe_vote_noise", type=float, default=None,
+                               help="sigma of the Gaussian noise on every member's vote count"
+                                    + CALIBRATED)
         evolution.add_argument("--pe_vote_threshold", type=float, default=0.0,
                                help="H: members are redrawn in proportion to their noisy "
                                     "votes above H")
@@ -139,11 +150,13 @@ class DpSynthOptions(PipelineOptions):
                                      "written as synthetic_embeddings.npz or .parquet")
         embeddings.add_argument("--embeddings_format", choices=("npz", "parquet"),
                                 default="npz", help="file format of the synthetic embeddings")
-        embeddings.add_argument("--embeddings_count_noise", type=float, default=4.0,
-                                help="sigma of the Gaussian noise on each cluster's count")
-        embeddings.add_argument("--embeddings_sum_noise", type=float, default=4.0,
+        embeddings.add_argument("--embeddings_count_noise", type=float, default=None,
+                                help="sigma of the Gaussian noise on each cluster's count"
+                                     + CALIBRATED)
+        embeddings.add_argument("--embeddings_sum_noise", type=float, default=None,
                                 help="sigma of the Gaussian noise on each cluster's sum of "
-                                     "embeddings and on its sum of squared coordinates")
+                                     "embeddings and on its sum of squared coordinates"
+                                     + CALIBRATED)
         embeddings.add_argument("--embeddings_samples", type=int, default=None,
                                 help="synthetic embeddings to draw (default: the noisy number "
                                      "of records)")
@@ -158,21 +171,31 @@ class DpSynthOptions(PipelineOptions):
                                 help="k0, centres fitted on the public corpus (per label)")
         clustering.add_argument("--kept_centers", type=int, default=8,
                                 help="k', centres kept by noisy histogram (per label)")
-        clustering.add_argument("--histogram_noise", type=float, default=2.0,
-                                help="sigma of the Gaussian noise on every cluster count")
+        clustering.add_argument("--histogram_noise", type=float, default=None,
+                                help="sigma of the Gaussian noise on every cluster count"
+                                     + CALIBRATED)
         clustering.add_argument("--kmeans_clusters", type=int, default=8,
                                 help="clusters of dp_kmeans (per label)")
         clustering.add_argument("--kmeans_rounds", type=int, default=3,
                                 help="noisy Lloyd rounds of dp_kmeans")
-        clustering.add_argument("--kmeans_sum_noise", type=float, default=4.0,
-                                help="sigma of the Gaussian noise on dp_kmeans sums")
-        clustering.add_argument("--kmeans_count_noise", type=float, default=4.0,
-                                help="sigma of the Gaussian noise on dp_kmeans counts")
+        clustering.add_argument("--kmeans_sum_noise", type=float, default=None,
+                                help="sigma of the Gaussian noise on dp_kmeans sums" + CALIBRATED)
+        clustering.add_argument("--kmeans_count_noise", type=float, default=None,
+                                help="sigma of the Gaussian noise on dp_kmeans counts"
+                                     + CALIBRATED)
 
         privacy = parser.add_argument_group("privacy")
         privacy.add_argument("--delta", type=float, default=1e-6, help="delta of (epsilon, delta)")
         privacy.add_argument("--target_epsilon", type=float, default=None,
-                             help="refuse to run if the formal epsilon would exceed this")
+                             help="the formal epsilon the run must meet: the clip and the "
+                                  "noise you do not set are calibrated to it, and a run whose "
+                                  "settings cost more is refused before reading data; without "
+                                  "it they are calibrated to epsilon 10")
+        privacy.add_argument("--budget_split", default=None,
+                             help="shares of the target for the stages before the last one, "
+                                  "e.g. clustering=0.1,kmeans=0.2,embeddings=0.2,record_cap=0.02 "
+                                  "(the defaults); the last stage (generation, Private "
+                                  "Evolution's votes, or the embeddings alone) gets what is left")
         privacy.add_argument("--budget_ledger", default=None,
                              help="JSON file (local or gs://) recording the formal cost of every "
                                   "run per --privacy_unit_domain; a run that would pass "

@@ -13,7 +13,7 @@ from transforms.embed import BoundContributions, EmbedRecords
 from transforms.evolve import PrivateEvolution
 from transforms.generate import GenerateSynthetic
 from transforms.public_corpus import GeneratePublicCorpus, PublicCentres
-from transforms.record_cap import SKIPPED_TAG as CAP_SKIPPED_TAG, CapRecords
+from mechanisms.record_cap import SKIPPED_TAG as CAP_SKIPPED_TAG, CapRecords
 from transforms.read import REJECTED_TAG, ReadRecords
 from transforms.release_embeddings import ReleaseSyntheticEmbeddings
 from transforms.report import WriteReports
@@ -37,7 +37,8 @@ def usable_records(pipeline: beam.Pipeline, plan: RunPlan) -> dict:
     {"read": ReadRecords' outputs, "bounded": after unit bounding, "skipped": the
     sources the cap left out, "records": what the job uses}."""
     read = pipeline | "ReadRecords" >> ReadRecords(
-        plan.input, plan.schema, input_format=plan.input_format, label_values=plan.labels)
+        plan.input, plan.schema, input_format=plan.input_format, label_values=plan.labels,
+        encoding=plan.encoding)
     records = read["records"]
     ids_from_column = plan.schema.id_column is not None
     if plan.schema.unit_column:

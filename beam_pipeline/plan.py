@@ -7,7 +7,10 @@ import datetime as dt
 import uuid
 from pathlib import Path
 
+import codecs
+
 from beam_pipeline import budget_ledger
+from beam_pipeline import budget_plan
 from beam_pipeline import options as opts
 from mechanisms.accounting import PrivacyLedger
 from mechanisms import median_ptr
@@ -61,6 +64,8 @@ class RunPlan:
     embeddings: synthetic_embeddings.EmbeddingReleaseConfig | None = None
     embeddings_format: str = "npz"
     max_records_noise: float = 10.0
+    encoding: str = "utf-8"
+    budget: budget_plan.BudgetChoice | None = None
     # Filled in by run.py once the budget ledger has reserved this run's cost.
     lifetime_budget: dict | None = None
 
@@ -82,42 +87,49 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         raise PlanError(f"--input_format must be one of {', '.join(FORMATS)}")
     _require(o.batch_size >= 2, f"--batch_size must be at least 2, got {o.batch_size}")
     _require(o.temperature > 0, "--temperature must be > 0")
-    _require(o.clip > 0, "--clip must be > 0")
+    _require(o.clip is None or o.clip > 0, "--clip must be > 0")
     _require(o.max_new_tokens >= 1, "--max_new_tokens must be >= 1")
     _require(0 < o.delta < 1, "--delta must be in (0, 1)")
     _require(o.target_epsilon is None or o.target_epsilon > 0, "--target_epsilon must be > 0")
     _require(o.max_records is None or o.max_records >= 1, "--max_records must be >= 1")
-    _require(o.max_records_noise > 0, "--max_records_noise must be > 0")
+    _require(o.max_records_noise is None or o.max_records_noise > 0,
+             "--max_records_noise must be > 0")
     _require(o.max_chars >= 1, "--max_chars must be >= 1")
     _require(o.top_k is None or o.top_k >= 1, "--top_k must be >= 1")
-    _require(o.histogram_noise > 0, "--histogram_noise must be > 0")
+    _require(o.histogram_noise is None or o.histogram_noise > 0, "--histogram_noise must be > 0")
     _require(o.gate_noise > 0, "--gate_noise must be > 0")
     _require(o.ptr_svt_epsilon > 0, "--ptr_svt_epsilon must be > 0")
-    _require(o.ptr_bound is None or 0 < o.ptr_bound < 2 * o.clip,
-             "--ptr_bound must lie in (0, 2 * --clip): the median never moves by more than 2c")
     _require(not (o.aggregator == "median_ptr" and o.public_tokens),
              "--public_tokens does not combine with --aggregator median_ptr yet: drop one")
     _require(o.kmeans_rounds >= 1 and o.kmeans_clusters >= 1,
              "--kmeans_rounds and --kmeans_clusters must be >= 1")
-    _require(o.kmeans_sum_noise > 0 and o.kmeans_count_noise > 0,
+    _require(all(v is None or v > 0 for v in (o.kmeans_sum_noise, o.kmeans_count_noise)),
              "--kmeans_sum_noise and --kmeans_count_noise must be > 0")
     _require(o.public_centers >= 1 and o.kept_centers >= 1,
              "--public_centers and --kept_centers must be >= 1")
     _require(o.public_corpus_size >= 1, "--public_corpus_size must be >= 1")
     _require(o.pe_rounds >= 1, f"--pe_rounds must be >= 1, got {o.pe_rounds}")
     _require(o.pe_population >= 1, f"--pe_population must be >= 1, got {o.pe_population}")
-    _require(o.pe_vote_noise > 0, "--pe_vote_noise must be > 0")
+    _require(o.pe_vote_noise is None or o.pe_vote_noise > 0, "--pe_vote_noise must be > 0")
     _require(o.pe_vote_threshold >= 0, "--pe_vote_threshold must be >= 0")
     _require(o.method != opts.NO_TEXT or o.output_embeddings,
              "--method none writes no text: add --output_embeddings, or choose a method")
+    _require(all(v is None or v > 0 for v in (o.embeddings_count_noise, o.embeddings_sum_noise)),
+             "--embeddings_count_noise and --embeddings_sum_noise must be > 0")
+    encoding = _encoding(o.encoding)
+    try:
+        budget = budget_plan.choose(o)
+    except budget_plan.BudgetPlanError as error:
+        raise PlanError(str(error)) from None
+    value = budget.value
+    _require(o.ptr_bound is None or 0 < o.ptr_bound < 2 * value("clip"),
+             "--ptr_bound must lie in (0, 2 * --clip): the median never moves by more than 2c")
     embeddings = None
     if o.output_embeddings:
-        _require(o.embeddings_count_noise > 0 and o.embeddings_sum_noise > 0,
-                 "--embeddings_count_noise and --embeddings_sum_noise must be > 0")
         _require(o.embeddings_samples is None or o.embeddings_samples >= 1,
                  "--embeddings_samples must be >= 1")
         embeddings = synthetic_embeddings.EmbeddingReleaseConfig(
-            count_noise=o.embeddings_count_noise, sum_noise=o.embeddings_sum_noise,
+            count_noise=value("embeddings_count_noise"), sum_noise=value("embeddings_sum_noise"),
             samples=o.embeddings_samples)
     _check_budget_options(o)
     labelled = bool(o.label_column)
@@ -131,7 +143,7 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     evolution, variation_template = None, None
     if o.method == opts.PRIVATE_EVOLUTION:
         evolution = private_evolution.EvolutionConfig(
-            rounds=o.pe_rounds, population=o.pe_population, vote_noise=o.pe_vote_noise,
+            rounds=o.pe_rounds, population=o.pe_population, vote_noise=value("pe_vote_noise"),
             vote_threshold=o.pe_vote_threshold)
         variation_template = (o.pe_variation_template or template).replace("\\n", "\n")
         try:
@@ -150,17 +162,19 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
                           id_column=o.id_column, unit_column=o.privacy_unit_column,
                           max_chars=o.max_chars, over_length=o.over_length)
     clustering = ClusteringConfig(
-        mode=o.clustering, expected_batch_size=o.batch_size, histogram_noise=o.histogram_noise,
+        mode=o.clustering, expected_batch_size=o.batch_size,
+        histogram_noise=value("histogram_noise"),
         labels=labels if labelled else (None,), kept_centers=o.kept_centers,
         kmeans_clusters=o.kmeans_clusters, kmeans_rounds=o.kmeans_rounds,
-        kmeans_sum_noise=o.kmeans_sum_noise, kmeans_count_noise=o.kmeans_count_noise)
+        kmeans_sum_noise=value("kmeans_sum_noise"),
+        kmeans_count_noise=value("kmeans_count_noise"))
     generation = GenerationConfig(
-        aggregator=o.aggregator, clip=o.clip, temperature=o.temperature,
+        aggregator=o.aggregator, clip=value("clip"), temperature=o.temperature,
         expected_batch_size=o.batch_size, max_new_tokens=o.max_new_tokens, top_k=o.top_k,
         public_tokens=o.public_tokens, gate_threshold=o.gate_threshold,
         gate_noise=o.gate_noise, max_private_tokens=o.max_private_tokens,
         public_temperature=o.public_temperature,
-        ptr=_ptr_settings(o) if o.aggregator == "median_ptr" else None)
+        ptr=_ptr_settings(o, value("clip")) if o.aggregator == "median_ptr" else None)
     try:
         secret = check_run_secret(o.run_secret) if o.run_secret else new_run_secret()
     except ValueError as error:
@@ -180,7 +194,7 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         lifetime_epsilon=o.lifetime_epsilon, privacy_unit_domain=o.privacy_unit_domain,
         method=o.method, evolution=evolution, variation_template=variation_template,
         embeddings=embeddings, embeddings_format=o.embeddings_format,
-        max_records_noise=o.max_records_noise)
+        max_records_noise=value("max_records_noise"), encoding=encoding, budget=budget)
 
 
 def plan_ledger(plan: RunPlan) -> PrivacyLedger:
@@ -241,6 +255,82 @@ def check_budget(plan: RunPlan) -> float:
     return epsilon
 
 
+def describe_plan(plan: RunPlan, epsilon: float) -> list[str]:
+    """The plan in a few lines, printed before any data is read: the target, how it is
+    split, what was calibrated, and what the run costs."""
+    budget = plan.budget
+    origin = ("--target_epsilon" if budget.target_stated
+              else "the default: no --target_epsilon given")
+    lines = [f"plan: {_method_words(plan)}; target epsilon {budget.target:g} at delta "
+             f"{plan.delta:g} ({origin})"]
+    split = [f"{stage} {share:.0%}" for stage, share in budget.shares.items()]
+    split.append(f"{budget.last_stage} the rest")
+    if not budget.unmet:
+        lines.append("plan: split of the target: " + ", ".join(split))
+    if budget.chosen:
+        lines.append("plan: calibrated: " + ", ".join(
+            f"--{option} {value:.4g}" for option, value in budget.chosen.items()))
+    if budget.given:
+        lines.append("plan: as you set them: " + ", ".join(
+            f"--{option} {value:g}" for option, value in budget.given.items()))
+    ledger = plan_ledger(plan)
+    lines.append(f"plan: formal epsilon {epsilon:.4g}; stages alone: " + ", ".join(
+        f"{stage} {ledger.epsilon(stage):.4g}" for stage in ledger.stages))
+    median = plan.method == opts.LOGIT_AGGREGATION and plan.generation.aggregator == "median"
+    if median:
+        lines.append(f"plan: median rule at --clip {plan.generation.clip:g}: its formal "
+                     f"guarantee is its worst case, epsilon {epsilon:.4g}; the report shows "
+                     f"its ex-post figure beside it, which depends on the data and is not a "
+                     f"guarantee")
+    if not budget.target_stated and epsilon > budget.target:
+        if budget.unmet:
+            why = f"nothing was calibrated, as {budget.unmet}"
+        elif median and "clip" not in budget.given:
+            why = ("the median rule is charged its worst case: --aggregator mean or "
+                   "median_ptr meet this epsilon")
+        else:
+            why = "the options you set cost more: leave them unset to have them calibrated"
+        lines.append(f"plan: warning: formal epsilon {epsilon:.4g} is above {budget.target:g} "
+                     f"and no --target_epsilon holds the run to it; {why}")
+    return lines
+
+
+def lifetime_preview(plan: RunPlan) -> list[str]:
+    """What the budget ledger would say of this run, read without writing anything."""
+    if not plan.budget_ledger:
+        return []
+    import dp_accounting
+
+    state = budget_ledger.read_ledger(plan.budget_ledger)
+    entry = state["domains"].get(plan.privacy_unit_domain)
+    ledger = plan_ledger(plan)
+    event = dp_accounting.ComposedDpEvent([e.event for e in ledger.entries])
+    if entry is None:
+        return [f"budget ledger {plan.budget_ledger}: domain {plan.privacy_unit_domain} has no "
+                f"run yet; this run would spend {ledger.epsilon():.4g} of the lifetime "
+                f"{plan.lifetime_epsilon:g}"]
+    runs = entry["runs"]
+    delta = float(entry.get("delta", plan.delta))
+    earlier = [budget_ledger.event_from_json(run["dp_event"]) for run in runs]
+    spent_delta = sum(float(run.get("mechanism_delta", 0.0)) for run in runs)
+    before = (budget_ledger.composed_epsilon(earlier, delta, spent_delta) if earlier else 0.0)
+    after = budget_ledger.composed_epsilon(earlier + [event], delta,
+                                           spent_delta + ledger.mechanism_delta)
+    return [f"budget ledger {plan.budget_ledger}: domain {plan.privacy_unit_domain}: "
+            f"{len(runs)} run(s) spent epsilon {before:.4g}; with this run {after:.4g} of the "
+            f"lifetime {float(entry['lifetime_epsilon']):g} (at delta {delta:g})"]
+
+
+def _method_words(plan: RunPlan) -> str:
+    if plan.method == opts.PRIVATE_EVOLUTION:
+        return f"private evolution, {plan.evolution.rounds} round(s)"
+    if plan.method == opts.LOGIT_AGGREGATION:
+        g = plan.generation
+        return (f"{plan.clustering.mode} + {g.aggregator}, s={g.expected_batch_size}, "
+                f"{g.private_token_cap} private tokens at most, temperature {g.temperature:g}")
+    return "synthetic embeddings only"
+
+
 _CHEAPER = {
     opts.LOGIT_AGGREGATION: "lower --clip or --max_new_tokens, or raise --batch_size, "
                             "--temperature or the noise",
@@ -249,11 +339,19 @@ _CHEAPER = {
 }
 
 
-def _ptr_settings(o) -> median_ptr.PtrSettings:
-    bound = o.ptr_bound if o.ptr_bound is not None else 2.0 * o.clip / o.batch_size
+def _ptr_settings(o, clip: float) -> median_ptr.PtrSettings:
+    bound = o.ptr_bound if o.ptr_bound is not None else 2.0 * clip / o.batch_size
     return median_ptr.PtrSettings.for_run(
         bound=bound, svt_epsilon=o.ptr_svt_epsilon, fallback=o.ptr_fallback,
         max_tokens=o.max_new_tokens, delta=o.delta * median_ptr.TEST_DELTA_SHARE)
+
+
+def _encoding(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise PlanError(f"--encoding {name} is not an encoding Python knows: try utf-8, "
+                        f"cp1252 or latin-1") from None
 
 
 def _run_date(text: str | None) -> str:

@@ -16,7 +16,8 @@ from apache_beam.options.pipeline_options import DirectOptions, StandardOptions,
 from beam_pipeline import budget_ledger
 from beam_pipeline.options import LOGIT_AGGREGATION, PRIVATE_EVOLUTION, DpSynthOptions
 from beam_pipeline.pipeline import build_pipeline, embedding_dimension, report_parameters
-from beam_pipeline.plan import PlanError, check_budget, make_plan, plan_ledger
+from beam_pipeline.input_check import InputCheckError, check_input
+from beam_pipeline.plan import PlanError, check_budget, describe_plan, make_plan, plan_ledger
 from offline_models import registry
 from offline_models.loading import TINY_ENCODER, TINY_LM
 from transforms.read import format_of
@@ -68,6 +69,11 @@ def preflight(plan) -> None:
                 format_of(path)
             except ValueError as error:
                 raise PlanError(str(error)) from None
+    try:
+        check_input(inputs, schema=plan.schema, declared_format=plan.input_format,
+                    encoding=plan.encoding, open_file=FileSystems.open)
+    except InputCheckError as error:
+        raise PlanError(f"--input: {error}") from None
     if plan.public_input:
         _require_match("--public_input", plan.public_input)
     for reference, resolve in ((plan.lm, registry.resolve_lm),
@@ -134,6 +140,8 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
     options = pipeline_options(argv)
     plan = make_plan(options)
     epsilon = check_budget(plan)
+    for line in describe_plan(plan, epsilon):
+        say(f"dpsynth: {line}")
     preflight(plan)
     runner = options.view_as(StandardOptions).runner
     mode = options.view_as(DirectOptions).direct_running_mode

@@ -437,10 +437,19 @@ REJECTED_TAG = "rejected"
 NAMESPACE = "dpsynth"
 
 
+def reencode_as_utf8(data: bytes, encoding: str) -> bytes:
+    """The bytes of a CSV, JSONL or text file in UTF-8, which the parser reads. A byte the
+    encoding does not define stays as it was, so its row is rejected as not decoding."""
+    if encoding in ("utf-8", "utf_8"):
+        return data
+    return data.decode(encoding, errors="surrogateescape").encode("utf-8", errors="surrogateescape")
+
+
 class _ParseFile(beam.DoFn):
     def __init__(self, schema: RecordSchema, declared_format: str | None,
-                 label_values: tuple[str, ...] | None):
+                 label_values: tuple[str, ...] | None, encoding: str = "utf-8"):
         self._schema = schema
+        self._encoding = encoding
         self._format = declared_format
         self._labels = frozenset(label_values) if label_values else None
         self._read = Metrics.counter(NAMESPACE, "records_read")
@@ -456,7 +465,10 @@ class _ParseFile(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTED_TAG, Rejected(
                 path.rsplit("/", 1)[-1], "unknown file format: pass --input_format"))
             return
-        for item in parse_file(path, readable_file.read(), self._schema, file_format):
+        data = readable_file.read()
+        if file_format != "parquet":
+            data = reencode_as_utf8(data, self._encoding)
+        for item in parse_file(path, data, self._schema, file_format):
             item = within_label_values(item, self._labels)
             if isinstance(item, Rejected):
                 self._rejected.inc()
@@ -476,8 +488,9 @@ class ReadRecords(beam.PTransform):
     """
 
     def __init__(self, pattern: str, schema: RecordSchema, *, input_format: str | None = None,
-                 label_values: tuple[str, ...] | None = None):
+                 label_values: tuple[str, ...] | None = None, encoding: str = "utf-8"):
         super().__init__()
+        self._encoding = encoding
         self._pattern = pattern
         self._schema = schema
         self._format = input_format
@@ -488,7 +501,8 @@ class ReadRecords(beam.PTransform):
                   | "MatchFiles" >> fileio.MatchFiles(self._pattern)
                   | "ReadMatches" >> fileio.ReadMatches()
                   | "Reshuffle" >> beam.Reshuffle()
-                  | "Parse" >> beam.ParDo(_ParseFile(self._schema, self._format, self._labels))
+                  | "Parse" >> beam.ParDo(_ParseFile(self._schema, self._format, self._labels,
+                                                  self._encoding))
                   .with_outputs(REJECTED_TAG, main="records"))
         records, rejected = parsed.records, parsed[REJECTED_TAG]
         if self._schema.id_column:

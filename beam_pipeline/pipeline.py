@@ -13,7 +13,7 @@ from transforms.embed import BoundContributions, EmbedRecords
 from transforms.evolve import PrivateEvolution
 from transforms.generate import GenerateSynthetic
 from transforms.public_corpus import GeneratePublicCorpus, PublicCentres
-from mechanisms.record_cap import SKIPPED_TAG as CAP_SKIPPED_TAG, CapRecords
+from transforms.record_cap import SKIPPED_TAG as CAP_SKIPPED_TAG, CapRecords
 from transforms.read import REJECTED_TAG, ReadRecords
 from transforms.release_embeddings import ReleaseSyntheticEmbeddings
 from transforms.report import WriteReports

@@ -297,7 +297,8 @@ def test_audit_command_on_tiny_models(tmp_path, capsys):
     report, work = tmp_path / "report", tmp_path / "work"
     code = cli.main(["audit", *tiny_args(source, tmp_path / "out", "--label_column", "category",
                                          "--label_values", "Restaurants,Shopping",
-                                         "--id_column", "id", "--max_records", "40"),
+                                         "--id_column", "id", "--max_records", "40",
+                                         "--aggregator", "median", "--clip", "4"),
                      "--canaries", "3", "--canary_repeats", "2", "--holdout_fraction", "0.5",
                      "--seed", "1", "--report", str(report), "--work_dir", str(work)])
     assert code == 0

@@ -34,6 +34,7 @@ import numpy as np
 
 from evaluation import memorisation as memorisation_lib
 from evaluation import metrics
+from evaluation.report import PRIVACY_REPORT
 
 # Texts per encoder call made here: the encoder splits them further (64 per model call);
 # each chunk ends with a progress line.
@@ -41,7 +42,6 @@ _EMBED_CHUNK = 512
 # Synthetic texts quoted in the report, drawn with the seed: enough to see what the data reads
 # like, few enough to read.
 SAMPLE_TEXTS = 5
-PRIVACY_REPORT = "privacy_report.json"
 
 
 def evaluate(synthetic_records: Iterable, real_records: Iterable, *,

@@ -17,6 +17,7 @@ from evaluation import metrics
 SYNTHETIC_COLOUR, REAL_COLOUR, MAJORITY_COLOUR = "#d95f02", "#1b9e77", "#999999"
 # Label plots show the most frequent labels only, so that bars stay readable.
 MAX_PLOTTED_LABELS = 20
+PRIVACY_REPORT = "privacy_report.json"
 # Below this many records on a side, a figure swings by several points between samples of the
 # same data (MAUVE's k-means buckets, a test set's accuracy): it is marked as rough.
 FEW_RECORDS = 50
@@ -222,7 +223,8 @@ def figures(result: dict) -> list[Figure]:
                       if computed else part.get("reason", ""))
             missing = len(part["test_classes_missing_from_training"])
             if computed and missing:
-                detail += f"; {missing} test class{'es' if missing > 1 else ''} absent from training"
+                detail += (f"; {missing} test class{'es' if missing > 1 else ''} absent from "
+                           "training")
             rows.append(Figure(f"Accuracy {column}, {side.replace('_', ' ')}",
                                _number(part["accuracy"]), detail,
                                {"training records": part["train_size"],
@@ -264,10 +266,14 @@ def figures(result: dict) -> list[Figure]:
                            "record", checked))
     else:
         rows.append(Figure("Memorisation", "n/a", copying["reason"]))
-    for run in result.get("privacy", {}).get("runs", []):
+    privacy = result.get("privacy")
+    for run in (privacy or {}).get("runs", []):
         rows.append(Figure("Formal epsilon of the run", f"{run['formal_epsilon']:.4g}",
                            f"at delta {run['delta']:g}, per {run['privacy_unit'] or 'record'}; "
                            f"from {run['report']}"))
+    if privacy is not None and not privacy.get("runs"):
+        rows.append(Figure("Formal epsilon of the run", "n/a",
+                           f"no readable {PRIVACY_REPORT} beside the synthetic file"))
     return rows
 
 
@@ -406,9 +412,11 @@ def _privacy_section(privacy: dict) -> str:
             f"<strong class='epsilon'>epsilon {run['formal_epsilon']:.4g}</strong> at delta "
             f"{run['delta']:g}, per {html.escape(run['privacy_unit'] or 'record')} "
             f"(from <code>{html.escape(run['report'])}</code>).</p>" for run in runs)
-    else:
+    elif not privacy.get("unreadable"):
         lines = ("<p>No <code>privacy_report.json</code> beside the synthetic file: this page "
                  "cannot tell which privacy guarantee the data carries.</p>")
+    else:
+        lines = ""
     lines += "".join(f"<p>{html.escape(problem)}</p>" for problem in privacy.get("unreadable", []))
     return f"<section class='privacy'><h2>Privacy of the run</h2>{lines}</section>"
 
@@ -438,7 +446,8 @@ def render_html(result: dict, plots: dict) -> str:
              "border-radius:4px}",
              ".verdict{background:#eef4fb;border-left:6px solid #2b6cb0;padding:8px 16px}",
              ".verdict .headline{font-size:1.25em;font-weight:bold;margin:.4em 0}",
-             ".privacy{border-left:6px solid #555;padding:2px 16px;background:#f7f7f7;margin-top:1em}",
+             ".privacy{border-left:6px solid #555;padding:2px 16px;background:#f7f7f7;"
+             "margin-top:1em}",
              ".few{display:inline-block;background:#fff3cd;color:#7a5200;border:1px solid #e0b84a;"
              "border-radius:3px;padding:0 4px;margin-left:4px;font-size:.85em}",
              ".figures td.value{white-space:nowrap}",

@@ -729,6 +729,8 @@ def test_command_report_gives_the_runs_formal_epsilon_from_the_privacy_report_be
     assert cli.main([*args, "--output", str(tmp_path / "without")]) == 0
     without = (tmp_path / "without" / "evaluation.html").read_text(encoding="utf-8")
     assert "No <code>privacy_report.json</code> beside the synthetic file" in without
+    assert ("Formal epsilon of the run: n/a (no readable privacy_report.json beside the "
+            "synthetic file)") in capsys.readouterr().out
 
     (tmp_path / "privacy_report.json").write_text(json.dumps(
         {"formal_epsilon": 9.625, "delta": 1e-6, "privacy_unit": "one customer",
@@ -753,6 +755,11 @@ def test_an_unreadable_privacy_report_is_said_and_does_not_stop_the_report(tmp_p
     privacy = run_privacy([str(tmp_path / "synthetic-00000-of-00001.jsonl")])
     assert privacy["runs"] == [] and len(privacy["unreadable"]) == 1
     assert "could not be read" in privacy["unreadable"][0]
+    page = report.render_html(dict(_result(), privacy=privacy), {})
+    assert "could not be read" in page and "No <code>privacy_report.json</code>" not in page
+    console = dict((name, value) for name, value, _ in report.summary_rows(
+        dict(_result(), privacy=privacy)))
+    assert console["Formal epsilon of the run"] == "n/a"
 
 
 @pytest.mark.browser

@@ -307,7 +307,7 @@ def _evaluate(args):
 
     from evaluation.data import InputError
     from evaluation.evaluate import evaluate_files
-    from evaluation.report import summary_rows
+    from evaluation.report import summary_rows, verdict
 
     def say(line):
         print(f"{time.strftime('%H:%M:%S')} evaluate: {line}", file=sys.stderr, flush=True)
@@ -324,6 +324,7 @@ def _evaluate(args):
         raise UsageError(str(error)) from None
     for figure, value, meaning in summary_rows(result):
         print(f"  {figure}: {value}" + (f" ({meaning})" if value == "n/a" else ""))
+    print(verdict(result)["headline"])
     print(f"Report: {paths['html']} (figures in {paths['json']})")
 
 

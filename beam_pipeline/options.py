@@ -9,8 +9,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from offline_models import registry
 from mechanisms import median_ptr, token_rules
 
-DEFAULT_TEMPLATE = "Review ({label}):\n{text}\n\nAnother review ({label}):\n"
-DEFAULT_UNLABELLED_TEMPLATE = "Review:\n{text}\n\nAnother review:\n"
+# Completion prompts that name no domain, so that tickets, notes or reviews all fit; a
+# --prompt_template naming the domain ("Support ticket ({label}):") does better on it.
+DEFAULT_TEMPLATE = "Text ({label}):\n{text}\n\nAnother text ({label}):\n"
+DEFAULT_UNLABELLED_TEMPLATE = "Text:\n{text}\n\nAnother text:\n"
 CLUSTERINGS = ("uniform", "public_centers", "dp_kmeans")
 LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT = "logit_aggregation", "private_evolution", "none"
 METHODS = (LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT)

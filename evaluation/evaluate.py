@@ -26,6 +26,7 @@ synthetic records carry no such label).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Iterable, Sequence
 
@@ -33,10 +34,14 @@ import numpy as np
 
 from evaluation import memorisation as memorisation_lib
 from evaluation import metrics
+from evaluation.report import PRIVACY_REPORT
 
 # Texts per encoder call made here: the encoder splits them further (64 per model call);
 # each chunk ends with a progress line.
 _EMBED_CHUNK = 512
+# Synthetic texts quoted in the report, drawn with the seed: enough to see what the data reads
+# like, few enough to read.
+SAMPLE_TEXTS = 5
 
 
 def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
@@ -111,7 +116,39 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
                     "real": metrics.length_stats([r["text"] for r in real])},
         "labels": labels,
         "memorisation": copying,
+        "samples": sample_texts(synthetic, synthetic_label_column, seed),
     }
+
+
+def sample_texts(synthetic: list[dict], label_column: str | None, seed: int) -> list[dict]:
+    """SAMPLE_TEXTS synthetic records drawn at random with the seed, in file order, so that the
+    report shows typical texts rather than the best or the longest."""
+    count = min(SAMPLE_TEXTS, len(synthetic))
+    rows = sorted(np.random.default_rng([seed, 2]).choice(len(synthetic), count, replace=False))
+    return [{"text": synthetic[i]["text"], "source": synthetic[i]["source"],
+             "label": synthetic[i]["labels"].get(label_column) if label_column else None}
+            for i in rows]
+
+
+def run_privacy(synthetic_files: Sequence[str]) -> dict:
+    """The formal guarantee of the run(s) that wrote the synthetic files, from the
+    privacy_report.json each run leaves beside them: {"runs": [{"report", "formal_epsilon",
+    "delta", "privacy_unit"}], "unreadable": [one line per report that could not be read]}."""
+    runs, unreadable = [], []
+    for folder in dict.fromkeys(os.path.dirname(path) for path in synthetic_files):
+        path = os.path.join(folder, PRIVACY_REPORT)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                report = json.load(handle)
+            runs.append({"report": path, "formal_epsilon": float(report["formal_epsilon"]),
+                         "delta": float(report["delta"]),
+                         "privacy_unit": report.get("privacy_unit")})
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            unreadable.append(f"{path} could not be read ({type(error).__name__}: {error}); "
+                              "the run's guarantee is not shown")
+    return {"runs": runs, "unreadable": unreadable}
 
 
 def downstream_split(real_count: int, private_count: int | None, synthetic_count: int,
@@ -327,6 +364,7 @@ def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
         synthetic_texts = [r["text"] for r in synthetic_file.records]
     result["settings"].update(encoder=encoder, encoder_sequence_length=encoder_sequence_length,
                               text_column=text_column)
+    result["privacy"] = run_privacy(synthetic_file.files)
     result = {"inputs": {"synthetic": synthetic_file.summary(), "real": real_file.summary(),
                          "private": None if private_file is None else private_file.summary()},
               **result}

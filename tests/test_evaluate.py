@@ -1,16 +1,21 @@
 """`dpsynth evaluate` and the evaluation package: metrics, memorisation, report, command."""
 
 import csv
+import html
+import html.parser
 import itertools
 import json
+import os
+import re
 import time
 
+import matplotlib.image
 import numpy as np
 import pytest
 
 from beam_pipeline import cli
 from beam_pipeline.demo import DEFAULT_INPUT as YELP_CSV
-from evaluation import memorisation, metrics
+from evaluation import memorisation, metrics, report
 from evaluation.evaluate import evaluate
 from evaluation.report import write_report
 
@@ -572,3 +577,211 @@ def test_command_needs_exactly_one_synthetic_input(tmp_path, capsys):
             cli.main(["evaluate", "--real", str(real), *extra])
         assert exit_.value.code == 2
         assert "--synthetic" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the report page
+
+class _Page(html.parser.HTMLParser):
+    """The page's elements in order, as (tag, class), and the text inside each class."""
+
+    def __init__(self, page):
+        super().__init__()
+        self.elements, self.text, self._open = [], {}, []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        cls = dict(attrs).get("class")
+        self.elements.append((tag, cls))
+        if tag not in ("br", "img", "meta"):
+            self._open.append(cls)
+
+    def handle_endtag(self, tag):
+        if tag not in ("br", "img", "meta") and self._open:
+            self._open.pop()
+
+    def handle_data(self, data):
+        for cls in set(filter(None, self._open)):
+            self.text[cls] = self.text.get(cls, "") + data
+
+
+def _table_rows(page, table_class):
+    """The words of each cell of each body row of the table of that class."""
+    start = page.index(f"<table class='{table_class}'>")
+    table = page[start:page.index("</table>", start)]
+    body = table[table.index("<tbody>"):]
+    return [[html.unescape(re.sub(r"<[^>]+>", " ", cell)).split()
+             for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def _accuracy(accuracy, train, test):
+    return {"accuracy": accuracy, "train_size": train, "test_size": test,
+            "test_classes_missing_from_training": []}
+
+
+def _result(*, mauve=0.9, reference=0.92, a_side=200, synthetic=0.8, real=0.82, majority=0.5,
+            train=200, test=300, copied=0, private=None):
+    """An evaluation result as `evaluate` returns it, with the figures chosen."""
+    copying = ({"computed": False, "reason": "no private records given"} if private is None
+               else {"copy_ngram": 8, "copied_texts": copied, "synthetic_texts": train,
+                     "copied_fraction": copied / train, "tokenisation": "words",
+                     "longest_shared_ngram": {"length": 12 if copied else 3,
+                                              "ngram": "x " * 12 if copied else "a b c",
+                                              "synthetic_source": "s:1",
+                                              "private_source": "p:1"}})
+    return {
+        "sizes": {"synthetic": train, "real": test, "private": private, "test": test,
+                  "baseline_pool": train},
+        "settings": {"seed": 0}, "split": "a split",
+        "mauve": {"score": mauve, "sample_size": a_side, "num_buckets": 20,
+                  "real_vs_real": {"score": reference, "sample_size": a_side, "num_buckets": 20}},
+        "downstream": {"category": {
+            "trained_on_synthetic": _accuracy(synthetic, train, test),
+            "trained_on_real": _accuracy(real, train, test),
+            "majority_class": "Restaurants", "majority_class_accuracy": majority,
+            "test_size": test}},
+        "labels": {}, "memorisation": copying,
+    }
+
+
+def test_the_verdict_says_in_plain_words_what_the_figures_mean():
+    good = report.verdict(_result(private=80))
+    assert good["headline"] == (
+        "The synthetic data is close to the real data, is as useful as real data for "
+        "predicting 'category' and repeats no 8 consecutive words of a private record.")
+    assert not good["rough"]
+    assert "MAUVE 0.90, where two samples of real data score 0.92" in good["findings"][0]
+
+    poor = report.verdict(_result(mauve=0.2, synthetic=0.5, copied=3, private=80))
+    assert poor["headline"] == (
+        "The synthetic data is unlike the real data, is no more useful than a constant answer "
+        "for predicting 'category' and has 3 texts that repeat 8 words of a private record.")
+    assert "always answering 'Restaurants', which gets 0.50" in poor["findings"][1]
+    assert "read them before sharing" in poor["findings"][2]
+
+    middling = report.verdict(_result(mauve=0.5, synthetic=0.65))
+    assert middling["headline"] == (
+        "The synthetic data is partly like the real data, beats a constant answer but not real "
+        "data at predicting 'category' and was not checked for copying.")
+    assert "pass --private" in middling["findings"][-1]
+
+    page = _Page(report.render_html(_result(private=80), {}))
+    tags = [tag for tag, _ in page.elements]
+    assert tags.index("h1") < page.elements.index(("section", "verdict")) < tags.index("table")
+    assert page.text["headline"] == good["headline"]
+
+
+def test_a_figure_on_fewer_than_50_records_a_side_is_marked_next_to_its_value():
+    few = _result(a_side=30, train=40, test=300)
+    rows = {" ".join(cells[0]): " ".join(cells[1]) for cells in
+            _table_rows(report.render_html(few, {}), "figures")}
+    assert rows["MAUVE"] == "0.900 rough: only 30 texts a side, under 50"
+    assert rows["Accuracy category, trained on synthetic"] == (
+        "0.800 rough: only 40 training records, under 50")
+    assert rows["Accuracy category, majority class"] == "0.500"           # 300 test records
+    assert report.verdict(few)["headline"].startswith("Rough verdict, from few records: the ")
+    console = dict((name, value) for name, value, _ in report.summary_rows(few))
+    assert console["MAUVE"] == "0.900 [rough: only 30 texts a side, under 50]"
+
+    enough = _result(a_side=50, train=50, test=50)
+    page = report.render_html(enough, {})
+    assert "rough:" not in page and "class='few'" not in page
+    assert not report.verdict(enough)["rough"]
+
+
+def test_the_report_quotes_five_synthetic_texts_drawn_with_the_seed(tmp_path, tiny_encoder):
+    synthetic = [{"text": f"<b>text {i}</b> " + t, "label": "fruit"}
+                 for i, t in enumerate(sentences(FRUIT, 30, seed=60))]
+    real = _labelled(sentences(FRUIT, 30, seed=61), "fruit")
+    result = evaluate(synthetic, real, label_columns=["category"], encoder=tiny_encoder, seed=3)
+    again = evaluate(synthetic, real, label_columns=["category"], encoder=tiny_encoder, seed=3)
+    samples = result["samples"]
+    assert len(samples) == 5 and samples == again["samples"]
+    texts = [r["text"] for r in synthetic]
+    rows = [texts.index(s["text"]) for s in samples]
+    assert rows == sorted(rows) and rows != list(range(5))        # drawn, in file order
+    assert {s["label"] for s in samples} == {"fruit"}
+    assert [s["source"] for s in samples] == [f"#{row}" for row in rows]
+
+    write_report(result, str(tmp_path))
+    page = (tmp_path / "evaluation.html").read_text(encoding="utf-8")
+    assert page.count("<li><div class='caption'>") == 5
+    for sample in samples:
+        assert html.escape(sample["text"]) in page
+    assert "<b>text" not in page
+    assert json.loads((tmp_path / "evaluation.json").read_text())["samples"] == samples
+
+
+def test_a_private_banner_heads_the_page_only_with_private_records():
+    private = _Page(report.render_html(_result(private=80), {}))
+    body = private.elements[[tag for tag, _ in private.elements].index("body") + 1:]
+    assert body[0] == ("div", "private")                          # before the title
+    assert "must not leave with the synthetic data" in private.text["private"]
+    assert "class='private'" not in report.render_html(_result(), {})
+
+
+def test_command_report_gives_the_runs_formal_epsilon_from_the_privacy_report_beside_it(
+        tmp_path, capsys):
+    real, synthetic = _command_inputs(tmp_path)
+    args = ["evaluate", "--synthetic", str(tmp_path / "synthetic-*.jsonl"), "--real", str(real),
+            "--label_column", "category", "--encoder", "tiny-bert",
+            "--encoder_sequence_length", "32"]
+    assert cli.main([*args, "--output", str(tmp_path / "without")]) == 0
+    without = (tmp_path / "without" / "evaluation.html").read_text(encoding="utf-8")
+    assert "No <code>privacy_report.json</code> beside the synthetic file" in without
+    assert ("Formal epsilon of the run: n/a (no readable privacy_report.json beside the "
+            "synthetic file)") in capsys.readouterr().out
+
+    (tmp_path / "privacy_report.json").write_text(json.dumps(
+        {"formal_epsilon": 9.625, "delta": 1e-6, "privacy_unit": "one customer",
+         "stages": []}), encoding="utf-8")
+    assert cli.main([*args, "--output", str(tmp_path / "with")]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "with" / "evaluation.json").read_text())
+    assert saved["privacy"]["runs"] == [{"report": str(tmp_path / "privacy_report.json"),
+                                         "formal_epsilon": 9.625, "delta": 1e-6,
+                                         "privacy_unit": "one customer"}]
+    page = _Page((tmp_path / "with" / "evaluation.html").read_text(encoding="utf-8"))
+    assert page.text["epsilon"] == "epsilon 9.625"
+    assert "delta 1e-06, per one customer" in page.text["privacy"]
+    assert "Formal epsilon of the run: 9.625" in out
+    assert saved["verdict"]["headline"] in out and saved["quotes_private_data"] is False
+
+
+def test_an_unreadable_privacy_report_is_said_and_does_not_stop_the_report(tmp_path):
+    from evaluation.evaluate import run_privacy
+
+    (tmp_path / "privacy_report.json").write_text("{not json", encoding="utf-8")
+    privacy = run_privacy([str(tmp_path / "synthetic-00000-of-00001.jsonl")])
+    assert privacy["runs"] == [] and len(privacy["unreadable"]) == 1
+    assert "could not be read" in privacy["unreadable"][0]
+    page = report.render_html(dict(_result(), privacy=privacy), {})
+    assert "could not be read" in page and "No <code>privacy_report.json</code>" not in page
+    console = dict((name, value) for name, value, _ in report.summary_rows(
+        dict(_result(), privacy=privacy)))
+    assert console["Formal epsilon of the run"] == "n/a"
+
+
+@pytest.mark.browser
+def test_the_page_renders_in_chromium_with_the_banner_and_the_verdict_on_top(tmp_path):
+    """A real browser draws the page: the red private-data banner across the top, then the
+    verdict's blue box (benchmarks/report_screenshot.py; CI installs Debian's chromium)."""
+    from benchmarks import report_screenshot
+
+    if report_screenshot.chromium_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: CI must `apt-get install -y chromium`")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    page = report_screenshot.sample_report(tmp_path)
+    png = report_screenshot.screenshot(page, tmp_path / "page.png")
+    image = (matplotlib.image.imread(png)[..., :3] * 255).round().astype(int)
+    assert image.shape == (1600, 1200, 3)
+
+    def rows_of(colour):
+        near = (np.abs(image - colour).sum(axis=2) <= 12).sum(axis=1) > 600
+        return np.flatnonzero(near)
+
+    banner, verdict_box = rows_of((0xb0, 0x00, 0x20)), rows_of((0xee, 0xf4, 0xfb))
+    assert len(banner) > 20 and banner.max() < 200                # across the top
+    assert len(verdict_box) > 40 and banner.max() < verdict_box.min() < 400
+    assert (image.sum(axis=2) < 200).sum() > 20000                # text was drawn

@@ -9,7 +9,7 @@ from beam_pipeline import options as opts
 from beam_pipeline.options import DpSynthOptions
 from beam_pipeline.plan import make_plan
 from tests.pipeline_fixtures import tiny_args
-from transforms.private_generation import check_template, render_prompt
+from transforms.generate import check_template, render_prompt
 
 # Words that would tell the LM the texts are of one kind, whatever the user's data is.
 DOMAIN_WORDS = ("review", "yelp", "restaurant", "business", "star", "customer", "product")

@@ -214,6 +214,11 @@ class DpSynthOptions(PipelineOptions):
                                   "digits); default: fresh from the OS. Set it only for "
                                   "reproducible tests: whoever knows it can reproduce the noise")
 
+        runner = parser.add_argument_group("runner")
+        runner.add_argument("--dask_address", default=None,
+                            help="with --runner dask: the Dask scheduler, tcp://HOST:PORT; "
+                                 "default: a one-thread Dask cluster inside this process")
+
         models = parser.add_argument_group("models")
         models.add_argument("--lm", default=registry.DEFAULT_LM,
                             help=f"LM: {', '.join(registry.KNOWN_LMS)} or a keras-hub preset directory")

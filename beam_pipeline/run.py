@@ -27,6 +27,8 @@ from beam_pipeline import storage
 # which downloads a binary; FnApiRunner runs in this process (or, with
 # --direct_running_mode multi_processing, in local worker processes).
 DEFAULT_RUNNER = "FnApiRunner"
+# Short names for runners this project provides; Beam resolves a dotted path itself.
+PROJECT_RUNNERS = {"dask": "beam_pipeline.dask_runner.DaskRunner"}
 # Beam's worker operations log every element they process at DEBUG
 # (apache_beam/runners/worker/operations.py), and elements hold private text.
 # These loggers stay at INFO whatever the log level, here and on the workers.
@@ -38,6 +40,7 @@ def pipeline_options(argv) -> DpSynthOptions:
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = DEFAULT_RUNNER
+    standard.runner = PROJECT_RUNNERS.get(standard.runner.lower(), standard.runner)
     worker = options.view_as(WorkerOptions)
     worker.sdk_harness_log_level_overrides = {
         **(worker.sdk_harness_log_level_overrides or {}),

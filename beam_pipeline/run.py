@@ -21,6 +21,7 @@ from offline_models import registry
 from offline_models.loading import TINY_ENCODER, TINY_LM
 from transforms.records import format_of
 from transforms import storage
+from transforms.write import existing_outputs, remove_staging
 
 # The embedded runner: Beam's DirectRunner may first try the Prism runner,
 # which downloads a binary; FnApiRunner runs in this process (or, with
@@ -87,6 +88,21 @@ def preflight(plan) -> None:
                         "choose a directory you can write to") from None
 
 
+def refuse_earlier_outputs(plan, overwrite: bool) -> list[str]:
+    """The outputs of an earlier run in --output, which only --overwrite may replace: a
+    re-run would otherwise mix its files with, or silently replace, the earlier ones."""
+    try:
+        earlier = existing_outputs(plan.output)
+    except Exception:  # noqa: BLE001 - an unreachable folder is preflight's to explain
+        return []
+    if earlier and not overwrite:
+        names = ", ".join(path.rsplit("/", 1)[-1] for path in earlier[:3])
+        raise PlanError(f"--output {plan.output} already holds the outputs of a run ({names}"
+                        f"{', ...' if len(earlier) > 3 else ''}): pass --overwrite to replace "
+                        "them, or choose another folder")
+    return earlier
+
+
 def _require_match(option: str, pattern: str) -> list[str]:
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
@@ -133,6 +149,7 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
     silence_element_logging()
     options = pipeline_options(argv)
     plan = make_plan(options)
+    earlier = refuse_earlier_outputs(plan, options.view_as(DpSynthOptions).overwrite)
     epsilon = check_budget(plan)
     preflight(plan)
     runner = options.view_as(StandardOptions).runner
@@ -145,6 +162,8 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
         say(f"dpsynth: domain {reservation.domain}: epsilon {reservation.cumulative_epsilon:.4g} "
             f"of the lifetime {reservation.lifetime_epsilon:g} spent with this run "
             f"({reservation.runs_before} earlier run(s)); reserved in {plan.budget_ledger}")
+    for path in earlier:
+        storage.delete(path)
     started = time.time()
     try:
         pipeline = beam.Pipeline(options=options)
@@ -154,8 +173,10 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
             say(f"dpsynth: job submitted; outputs will appear in {plan.output} when it succeeds")
             return {"submitted": True, "run_id": plan.run_id, "output": plan.output}
         result.wait_until_finish()
-    except BaseException:
+    except BaseException as error:
         _mark(plan, "failed")
+        if isinstance(error, KeyboardInterrupt):
+            remove_staging(plan.output, plan.run_id)
         raise
     _mark(plan, "completed")
     elapsed = time.time() - started
@@ -170,6 +191,8 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
         f"{summary['records_accepted']} records ({summary['records_rejected']} rejected)")
     for note in summary.get("notes", []):
         say(f"dpsynth: note: {note}")
+    say(f"dpsynth: outputs in {plan.output}; formal epsilon {epsilon:.4g} at delta "
+        f"{plan.delta:g}")
     return summary
 
 

@@ -6,7 +6,8 @@ on" or "Could not find cuda drivers": they go straight to file descriptor 2.
 They tell a user on a CPU machine nothing true about their run, so the import
 runs with descriptor 2 pointed at a file, and only what is not such a line is
 passed on. TF_CPP_MIN_LOG_LEVEL=3 silences what comes later (the cuInit error
-of a machine without a GPU). A level the user set is kept.
+of a machine without a GPU). A level the user set is kept, and with level 0 the
+start-up lines are shown too.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def import_tensorflow() -> None:
     with _lock:
         if "keras" in sys.modules and "tensorflow" in sys.modules:
             return
-        if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
+        if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
             import keras  # noqa: F401 - the user asked for TensorFlow's own lines
             return
         sys.stderr.flush()

@@ -15,6 +15,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms import clustering
+from transforms import progress
 from transforms.batching import planned_batch_count
 from transforms.randomness import keyed_generator
 from transforms.read import NAMESPACE
@@ -208,6 +209,8 @@ class _NoisyLloydStep(beam.DoFn):
             updated[label], _ = clustering.noisy_lloyd_centres(
                 sums, counts, centres, sigma_sum=config.kmeans_sum_noise,
                 sigma_count=config.kmeans_count_noise, rng=rng)
+        progress.announce("clustering: DP k-means round %d/%d released", self._round + 1,
+                          config.kmeans_rounds)
         yield updated
 
 

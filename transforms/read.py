@@ -6,6 +6,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
+from transforms import progress
 from transforms import records as rec
 
 REJECTED_TAG = "rejected"
@@ -21,6 +22,7 @@ class _ParseFile(beam.DoFn):
         self._read = Metrics.counter(NAMESPACE, "records_read")
         self._rejected = Metrics.counter(NAMESPACE, "records_rejected")
         self._truncated = Metrics.counter(NAMESPACE, "records_truncated")
+        self._progress = progress.counter("reading", "rows parsed")
 
     def process(self, readable_file):
         path = readable_file.metadata.path
@@ -33,6 +35,7 @@ class _ParseFile(beam.DoFn):
             return
         for item in rec.parse_file(path, readable_file.read(), self._schema, file_format):
             item = rec.within_label_values(item, self._labels)
+            self._progress()
             if isinstance(item, rec.Rejected):
                 self._rejected.inc()
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)

@@ -14,7 +14,7 @@ import json
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import storage
+from transforms import progress, storage
 
 STAGING_PREFIX = ".staging-"
 # What a run publishes: a folder holding any of these holds an earlier run's outputs.
@@ -91,6 +91,7 @@ def publish(staging: str, output_dir: str) -> list[str]:
         storage.move(source, destination)
         published.append(destination)
     storage.delete(staging)
+    progress.announce("writing: %d files published to %s", len(published), output_dir)
     return published
 
 

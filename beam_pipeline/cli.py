@@ -12,6 +12,18 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 
+class DefaultsOnceFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" where the help text does not already say what the default is,
+    and nothing where there is no default to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class UsageError(Exception):
     """A mistake the user can fix; printed as one line, exit code 2."""
 
@@ -171,7 +183,7 @@ def _run_job(argv):
 
     if "--help" in argv or "-h" in argv or not argv:
         parser = argparse.ArgumentParser(
-            prog="dpsynth run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            prog="dpsynth run", formatter_class=DefaultsOnceFormatter,
             description="Turn a sensitive text dataset into differentially private synthetic "
                         "records. Any Apache Beam pipeline option (--runner, --project, ...) "
                         "is accepted too.")
@@ -261,7 +273,7 @@ def _audit(argv):
 
     if "--help" in argv or "-h" in argv or not argv:
         parser = argparse.ArgumentParser(
-            prog="dpsynth audit", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            prog="dpsynth audit", formatter_class=DefaultsOnceFormatter,
             description="Insert canary records into a copy of the input, hold out part of it, "
                         "run the job once with the given `dpsynth run` options, and attack "
                         "the synthetic output: canary exposure, a membership-inference AUC "

@@ -88,6 +88,29 @@ def preflight(plan) -> None:
                         "choose a directory you can write to") from None
 
 
+def with_folder_input(plan):
+    """The plan with a folder as --input read as the files directly inside it, the same
+    with or without a final slash (Beam matches a bare folder as one unreadable file)."""
+    pattern = plan.input
+    if any(char in pattern for char in "*?["):
+        return plan
+    if storage.is_gcs(pattern):
+        try:
+            is_folder = pattern.endswith("/") or (
+                not FileSystems.match([pattern])[0].metadata_list
+                and bool(storage.list_files(pattern)))
+        except Exception:  # noqa: BLE001 - a missing bucket is preflight's to explain
+            return plan
+    else:
+        is_folder = os.path.isdir(pattern)
+    if not is_folder:
+        return plan
+    if not storage.list_files(pattern):
+        raise PlanError(f"--input {pattern} is a folder with no files directly inside it: "
+                        "name the files, e.g. with a glob such as folder/*/*.csv")
+    return dataclasses.replace(plan, input=storage.join(pattern.rstrip("/"), "*"))
+
+
 def refuse_earlier_outputs(plan, overwrite: bool) -> list[str]:
     """The outputs of an earlier run in --output, which only --overwrite may replace: a
     re-run would otherwise mix its files with, or silently replace, the earlier ones."""
@@ -148,7 +171,7 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
     """Runs the job; with wait=False (a flex template launch) only submits it."""
     silence_element_logging()
     options = pipeline_options(argv)
-    plan = make_plan(options)
+    plan = with_folder_input(make_plan(options))
     earlier = refuse_earlier_outputs(plan, options.view_as(DpSynthOptions).overwrite)
     epsilon = check_budget(plan)
     preflight(plan)

@@ -31,7 +31,8 @@ class _ParseFile(beam.DoFn):
         except ValueError:  # the run checks the names first; a file may appear since
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTED_TAG, rec.Rejected(
-                path.rsplit("/", 1)[-1], "unknown file format: pass --input_format"))
+                path.rsplit("/", 1)[-1], "unknown file format: pass --input_format",
+                rec.bytes_excerpt(readable_file.read())))
             return
         for item in rec.parse_file(path, readable_file.read(), self._schema, file_format):
             item = rec.within_label_values(item, self._labels)

@@ -9,6 +9,7 @@ from beam_pipeline import cli
 from beam_pipeline.run import run
 from tests.pipeline_fixtures import read_jsonl, tiny_args, write_reviews_csv
 from tests.test_bad_input import JSONL_CASES
+from tests.test_cloud_storage import sharded_input  # noqa: F401 - a fixture
 from transforms import records as rec
 from transforms.report import run_notes
 
@@ -114,3 +115,24 @@ def test_an_empty_input_file_finishes_with_the_right_note(tmp_path):
     assert read_jsonl(tmp_path / "out", "rejected") == []
     assert not any("rejected-" in line for line in lines), lines
     assert any("the input holds no rows" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("slash", ["", "/"], ids=["bare", "trailing-slash"])
+def test_gs_folder_input_is_its_files_or_refused(sharded_input, tmp_path, capsys, slash):
+    folder = f"gs://{sharded_input}/exports/2026-11-20{slash}"
+    code = cli.main(["run", *tiny_args(folder, tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    # The folder's files are matched, and the marker file among them has no format.
+    assert "cannot tell the format of" in err and "2026-11-20/_SUCCESS" in err, err
+
+
+def test_a_gs_output_with_outputs_is_refused(sharded_input, tmp_path, capsys):
+    from tests.test_cloud_storage import upload
+
+    (tmp_path / "summary.json").write_text("{}")
+    upload(sharded_input, "out/run_summary.json", tmp_path / "summary.json")
+    code = cli.main(["run", *tiny_args(f"gs://{sharded_input}/exports/2026-11-20/part-*.csv",
+                                       f"gs://{sharded_input}/out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "already holds the outputs of a run (run_summary.json)" in err, err

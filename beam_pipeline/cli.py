@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 
 from offline_models import quiet_tensorflow, registry
@@ -29,9 +30,21 @@ class UsageError(Exception):
 
 
 def main(argv=None) -> int:
+    if argv is not None:
+        return _main(list(argv))
+    code = _main(sys.argv[1:])
+    if code == EXIT_INTERRUPTED:
+        # The runner's threads may still be busy with a model call; waiting for them at
+        # exit would keep the process, and a second Ctrl-C would print their tracebacks.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     quiet_tensorflow.set_quiet_environment()
     parser = _parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:
         return _guarded(lambda: _run_job(argv[1:]))
     if argv[:1] == ["audit"]:

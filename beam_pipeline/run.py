@@ -45,6 +45,25 @@ def pipeline_options(argv) -> DpSynthOptions:
     return options
 
 
+def local_workers_ignore_ctrl_c() -> None:
+    """A terminal's Ctrl-C reaches every process of its foreground group, so each of
+    Beam's local worker processes (--direct_running_mode multi_processing) printed a
+    traceback of its own. They are started with SIGINT ignored (inherited through exec,
+    and kept by Python); this process stops the job and they exit with it."""
+    from apache_beam.runners.portability import local_job_service
+
+    worker = local_job_service.SubprocessSdkWorker
+    if getattr(worker.__init__, "ignores_ctrl_c", False):
+        return
+    original = worker.__init__
+
+    def init(self, worker_command_line: bytes, *args, **kwargs):
+        original(self, b"trap '' INT; exec " + worker_command_line, *args, **kwargs)
+
+    init.ignores_ctrl_c = True
+    worker.__init__ = init
+
+
 def silence_element_logging() -> None:
     """No log line of this process shows an element (see ELEMENT_LOGGERS)."""
     for name in ELEMENT_LOGGERS:
@@ -170,6 +189,7 @@ def describe_method(plan) -> str:
 def run(argv, *, say=print, wait: bool = True) -> dict:
     """Runs the job; with wait=False (a flex template launch) only submits it."""
     silence_element_logging()
+    local_workers_ignore_ctrl_c()
     options = pipeline_options(argv)
     plan = with_folder_input(make_plan(options))
     earlier = refuse_earlier_outputs(plan, options.view_as(DpSynthOptions).overwrite)
@@ -231,10 +251,14 @@ def _mark(plan, status: str) -> None:
 
 
 class _DropBeamNoise(logging.Filter):
-    """RunInference warns on every batch that it cannot read memory usage here."""
+    """RunInference warns on every batch that it cannot read memory usage here, and each
+    local worker process that it has no semi-persistent directory (it needs none)."""
+
+    NOISE = ("memory usage cannot be fetched", "No semi_persistent_directory found")
 
     def filter(self, record):
-        return "memory usage cannot be fetched" not in record.getMessage()
+        message = record.getMessage()
+        return not any(noise in message for noise in self.NOISE)
 
 
 def configure_logging():

@@ -91,10 +91,13 @@ def test_progress_lines_are_logged_at_most_every_interval(monkeypatch, caplog):
 
 
 def _dpsynth(*args):
-    # As a user starts it: conftest.py sets TensorFlow's log level for the tests' own process.
+    """`dpsynth` as a user starts it from a terminal: in a process group of its own (a
+    terminal's Ctrl-C goes to the whole group), and without the TensorFlow log level
+    that conftest.py sets for the tests' own process."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
     return subprocess.Popen([sys.executable, "-m", "beam_pipeline.cli", *args], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def test_the_console_shows_phases_and_the_outcome_and_no_native_lines(tmp_path, reviews):
@@ -138,15 +141,19 @@ def test_an_output_folder_with_outputs_is_refused_unless_overwrite(tmp_path, rev
     assert (out / "notes.txt").exists()
 
 
-def test_ctrl_c_prints_one_line_removes_the_staging_folder_and_exits_130(tmp_path, reviews):
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_ctrl_c_prints_one_line_removes_the_staging_folder_and_exits_130(tmp_path, reviews,
+                                                                         mode):
     out = tmp_path / "out"
-    process = _dpsynth("run", *tiny_args(reviews, out, "--clustering", "uniform"))
+    process = _dpsynth("run", *tiny_args(reviews, out, "--clustering", "uniform"),
+                       "--direct_running_mode", mode,
+                       *(["--direct_num_workers", "2"] if mode == "multi_processing" else []))
     deadline = time.time() + 300
     while not glob.glob(str(out / ".staging-*" / "*")) and process.poll() is None:
         assert time.time() < deadline, "the job staged nothing"
         time.sleep(0.02)
     assert process.poll() is None, "the job ended before it could be interrupted"
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     *progress_lines, last = stderr.strip().splitlines()

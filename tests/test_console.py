@@ -161,3 +161,15 @@ def test_ctrl_c_prints_one_line_removes_the_staging_folder_and_exits_130(tmp_pat
     assert all(re.match(r"\d\d:\d\d:\d\d [a-z ]+: ", line) for line in progress_lines), stderr
     assert not glob.glob(str(out / ".staging-*")), list(out.iterdir())
     assert not list(out.glob("synthetic-*"))
+
+
+def test_the_public_corpus_and_writing_say_when_they_are_done(tmp_path, reviews, caplog):
+    from beam_pipeline.run import run
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="dpsynth.progress"):
+        run(tiny_args(reviews, out, "--clustering", "public_centers"), say=lambda _: None)
+    lines = [r.getMessage() for r in caplog.records if r.name == "dpsynth.progress"]
+    assert any(re.fullmatch(r"public corpus: 6 texts, [1-3] centres fitted", line)
+               for line in lines), lines
+    assert f"writing: 5 files published to {out}" in lines, lines

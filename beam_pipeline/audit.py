@@ -29,9 +29,10 @@ from typing import Callable
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline.options import NO_TEXT
+from beam_pipeline.options import NO_TEXT, DpSynthOptions
 from beam_pipeline.plan import check_budget, make_plan
-from beam_pipeline.run import pipeline_options, preflight, run
+from beam_pipeline.run import (pipeline_options, preflight, refuse_earlier_outputs, run,
+                                with_folder_input)
 from evaluation import audit as measures
 from transforms.write import read_json_lines
 from evaluation import memorisation
@@ -64,7 +65,9 @@ def run_audit(run_argv: list[str], settings: AuditSettings, *,
               say: Callable[[str], None] = print) -> dict:
     """Runs the audit; returns the audit result (also written to the report directory)."""
     _check_settings(settings)
-    plan = make_plan(pipeline_options(run_argv))
+    options = pipeline_options(run_argv)
+    plan = with_folder_input(make_plan(options))
+    refuse_earlier_outputs(plan, options.view_as(DpSynthOptions).overwrite)
     if plan.method == NO_TEXT:
         raise AuditError("the audit looks for canaries in synthetic text, and --method none "
                          "writes none: audit a run that writes text")

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
 
-from offline_models import registry
+from offline_models import quiet_tensorflow, registry
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+
+
+class DefaultsOnceFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" where the help text does not already say what the default is,
+    and nothing where there is no default to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class UsageError(Exception):
@@ -15,23 +30,51 @@ class UsageError(Exception):
 
 
 def main(argv=None) -> int:
+    if argv is not None:
+        return _main(list(argv))
+    code = _main(sys.argv[1:])
+    if code == EXIT_INTERRUPTED:
+        # The runner's threads may still be busy with a model call; waiting for them at
+        # exit would keep the process, and a second Ctrl-C would print their tracebacks.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
+    quiet_tensorflow.set_quiet_environment()
     parser = _parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:
         return _guarded(lambda: _run_job(argv[1:]))
     if argv[:1] == ["audit"]:
         return _guarded(lambda: _audit(argv[1:]))
     if argv[:1] == ["plan"]:
         return _guarded(lambda: _plan(argv[1:]))
-    args = parser.parse_args(argv)
+    try:
+        args = _parse_strictly(parser, argv)
+    except UsageError as error:
+        return _usage_error(error)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
     return _guarded(lambda: args.run(args))
 
 
+def _parse_strictly(parser, argv):
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        chosen = parser
+        for name in ("command", "models_command"):
+            subcommands = getattr(chosen, "_subparsers", None)
+            if getattr(args, name, None) and subcommands:
+                chosen = subcommands._group_actions[0].choices[getattr(args, name)]
+        _refuse(unknown, _option_strings(chosen), chosen.prog)
+    return args
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="dpsynth",
         description="Differentially private synthetic text from private LM inference.")
     commands = parser.add_subparsers(dest="command")
@@ -138,6 +181,7 @@ def _check_lm_reference(reference):
 
 
 def _models_prepare(args):
+    quiet_tensorflow.import_tensorflow()
     _check_lm_reference(args.lm)
     from offline_models.prepare import prepare
 
@@ -160,7 +204,7 @@ def _run_job(argv):
 
     if "--help" in argv or "-h" in argv or not argv:
         parser = argparse.ArgumentParser(
-            prog="dpsynth run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            prog="dpsynth run", formatter_class=DefaultsOnceFormatter,
             description="Turn a sensitive text dataset into differentially private synthetic "
                         "records. Any Apache Beam pipeline option (--runner, --project, ...) "
                         "is accepted too.")
@@ -168,9 +212,11 @@ def _run_job(argv):
         parser.print_help()
         return 0 if argv else EXIT_USAGE
     _check_option_values(argv, DpSynthOptions)
+    _refuse_unknown_options(argv)
     from beam_pipeline.run import configure_logging, run
 
     configure_logging()
+    quiet_tensorflow.import_tensorflow()
     run(argv)
     return 0
 
@@ -188,6 +234,7 @@ def _plan(argv):
         parser.print_help()
         return 0 if argv else EXIT_USAGE
     _check_option_values(argv, DpSynthOptions, prog="dpsynth plan")
+    _refuse_unknown_options(argv, prog="dpsynth plan")
     from beam_pipeline import budget_ledger
     from beam_pipeline.plan import (check_budget, describe_plan, lifetime_preview, make_plan,
                                     plan_ledger)
@@ -214,9 +261,44 @@ class _OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{message} ({self.prog} --help lists the options)")
 
 
+def _option_strings(parser) -> list[str]:
+    return [name for action in parser._actions for name in action.option_strings
+            if name.startswith("--")]
+
+
+def _refuse(unknown: list[str], known: list[str], prog: str) -> None:
+    """Stops at the first argument nobody declared, naming the closest declared option."""
+    argument = next((a for a in unknown if a.startswith("-")), unknown[0])
+    if not argument.startswith("-"):
+        raise UsageError(f"unexpected argument {argument!r} ({prog} --help lists the options)")
+    name = argument.split("=", 1)[0]
+    closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f": did you mean {closest[0]}?" if closest else ""
+    raise UsageError(f"unknown option {name}{hint} ({prog} --help lists the options)")
+
+
+def _refuse_unknown_options(argv, prog="dpsynth run", also_known=()) -> None:
+    """Beam only warns about an option it does not know, and runs without it: a misspelt
+    --target_epsilon would run at whatever budget the defaults cost. Every option of a
+    registered Beam option class (--runner, --project, --temp_location, ...) is known."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    class StrictParser(_BeamArgumentParser):
+        def error(self, message):
+            raise UsageError(f"{message} ({prog} --help lists the options)")
+
+    parser = StrictParser(prog=prog, add_help=False, allow_abbrev=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse(unknown, [*_option_strings(parser), *also_known], prog)
+
+
 def _check_option_values(argv, options_class, prog="dpsynth run"):
     """A malformed value of dpsynth's own options is one line, not Beam's whole usage text."""
-    parser = _OneLineParser(prog=prog, add_help=False)
+    parser = _OneLineParser(prog=prog, add_help=False, allow_abbrev=False)
     options_class._add_argparse_args(parser)
     parser.parse_known_args(argv)
 
@@ -247,7 +329,7 @@ def _audit(argv):
 
     if "--help" in argv or "-h" in argv or not argv:
         parser = argparse.ArgumentParser(
-            prog="dpsynth audit", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            prog="dpsynth audit", formatter_class=DefaultsOnceFormatter,
             description="Insert canary records into a copy of the input, hold out part of it, "
                         "run the job once with the given `dpsynth run` options, and attack "
                         "the synthetic output: canary exposure, a membership-inference AUC "
@@ -260,6 +342,7 @@ def _audit(argv):
     _add_audit_options(parser)
     args, run_argv = parser.parse_known_args(argv)
     _check_option_values(run_argv, DpSynthOptions, prog="dpsynth audit")
+    _refuse_unknown_options(run_argv, prog="dpsynth audit", also_known=_option_strings(parser))
     from beam_pipeline.audit import AuditError, AuditSettings, run_audit
     from beam_pipeline.run import configure_logging
 
@@ -267,6 +350,7 @@ def _audit(argv):
                              holdout_fraction=args.holdout_fraction, seed=args.seed,
                              report=args.report, work_dir=args.work_dir)
     configure_logging()
+    quiet_tensorflow.import_tensorflow()
     try:
         run_audit(run_argv, settings)
     except AuditError as error:
@@ -282,14 +366,19 @@ def _guarded(action):
         return action() or 0
     except (UsageError, PlanError, registry.UnknownModelError,
             registry.ModelNotPreparedError) as error:
-        print(f"dpsynth: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error(error)
     except KeyboardInterrupt:
-        print("dpsynth: interrupted", file=sys.stderr)
-        return 130
+        print("dpsynth: interrupted: nothing was published", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+def _usage_error(error) -> int:
+    print(f"dpsynth: error: {error}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _demo(args):
+    quiet_tensorflow.import_tensorflow()
     from pathlib import Path
 
     from beam_pipeline import demo
@@ -303,6 +392,7 @@ def _demo(args):
 
 
 def _evaluate(args):
+    quiet_tensorflow.import_tensorflow()
     import time
 
     from evaluation.data import InputError
@@ -329,6 +419,7 @@ def _evaluate(args):
 
 
 def _smoke(args):
+    quiet_tensorflow.import_tensorflow()
     from beam_pipeline.smoke import run_smoke
 
     run_smoke(lm=args.lm, encoder=args.encoder, max_new_tokens=args.max_new_tokens)

@@ -38,6 +38,10 @@ class DpSynthOptions(PipelineOptions):
         data.add_argument("--output", help="output directory, local or gs://; {date} is "
                                            "replaced by --run_date. Files appear there only "
                                            "when the job succeeds")
+        data.add_argument("--overwrite", action="store_true",
+                          help="replace the outputs of an earlier run in --output (they are "
+                               "deleted when the job starts); without it such a folder is "
+                               "refused")
         data.add_argument("--run_date", default=None,
                           help="the date put in place of {date} in --input and --output: "
                                "YYYY-MM-DD, today or yesterday (in UTC); default: today")

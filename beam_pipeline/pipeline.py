@@ -12,6 +12,7 @@ from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, Cluster, DpKMeans
 from transforms.embed import BoundContributions, EmbedRecords
 from transforms.evolve import PrivateEvolution
 from transforms.generate import GenerateSynthetic
+from beam_pipeline import progress
 from transforms.public_corpus import GeneratePublicCorpus, PublicCentres
 from transforms.record_cap import SKIPPED_TAG as CAP_SKIPPED_TAG, CapRecords
 from transforms.read import REJECTED_TAG, ReadRecords
@@ -168,10 +169,22 @@ def _public_centres(plan: RunPlan) -> PublicCentres:
                          centres=plan.public_centers, corpus=corpus)
 
 
+# Counts that close a phase, announced as soon as they are known.
+PHASE_ENDS = {"records_accepted": "reading: %d records accepted",
+              "records_rejected": "reading: %d rows rejected",
+              "records_embedded": "embedding: %d records embedded",
+              "synthetic_records": "generation: %d synthetic records"}
+
+
 def _count(pcoll, name: str):
+    def named(count):
+        if name in PHASE_ENDS:
+            progress.announce(PHASE_ENDS[name], count)
+        return name, count
+
     return (pcoll
             | f"Count {name}" >> beam.combiners.Count.Globally()
-            | f"Name {name}" >> beam.Map(lambda n: (name, n)))
+            | f"Name {name}" >> beam.Map(named))
 
 
 def _count_rejections_by_reason(rejected):

@@ -22,6 +22,7 @@ from offline_models import registry
 from offline_models.loading import TINY_ENCODER, TINY_LM
 from transforms.read import format_of
 from beam_pipeline import storage
+from transforms.write import existing_outputs, remove_staging
 
 # The embedded runner: Beam's DirectRunner may first try the Prism runner,
 # which downloads a binary; FnApiRunner runs in this process (or, with
@@ -46,6 +47,25 @@ def pipeline_options(argv) -> DpSynthOptions:
         **(worker.sdk_harness_log_level_overrides or {}),
         **{name: "INFO" for name in ELEMENT_LOGGERS}}
     return options
+
+
+def local_workers_ignore_ctrl_c() -> None:
+    """A terminal's Ctrl-C reaches every process of its foreground group, so each of
+    Beam's local worker processes (--direct_running_mode multi_processing) printed a
+    traceback of its own. They are started with SIGINT ignored (inherited through exec,
+    and kept by Python); this process stops the job and they exit with it."""
+    from apache_beam.runners.portability import local_job_service
+
+    worker = local_job_service.SubprocessSdkWorker
+    if getattr(worker.__init__, "ignores_ctrl_c", False):
+        return
+    original = worker.__init__
+
+    def init(self, worker_command_line: bytes, *args, **kwargs):
+        original(self, b"trap '' INT; exec " + worker_command_line, *args, **kwargs)
+
+    init.ignores_ctrl_c = True
+    worker.__init__ = init
 
 
 def silence_element_logging() -> None:
@@ -96,6 +116,44 @@ def preflight(plan) -> None:
                         "choose a directory you can write to") from None
 
 
+def with_folder_input(plan):
+    """The plan with a folder as --input read as the files directly inside it, the same
+    with or without a final slash (Beam matches a bare folder as one unreadable file)."""
+    pattern = plan.input
+    if any(char in pattern for char in "*?["):
+        return plan
+    if storage.is_gcs(pattern):
+        try:
+            is_folder = pattern.endswith("/") or (
+                not FileSystems.match([pattern])[0].metadata_list
+                and bool(storage.list_files(pattern)))
+        except Exception:  # noqa: BLE001 - a missing bucket is preflight's to explain
+            return plan
+    else:
+        is_folder = os.path.isdir(pattern)
+    if not is_folder:
+        return plan
+    if not storage.list_files(pattern):
+        raise PlanError(f"--input {pattern} is a folder with no files directly inside it: "
+                        "name the files, e.g. with a glob such as folder/*/*.csv")
+    return dataclasses.replace(plan, input=storage.join(pattern.rstrip("/"), "*"))
+
+
+def refuse_earlier_outputs(plan, overwrite: bool) -> list[str]:
+    """The outputs of an earlier run in --output, which only --overwrite may replace: a
+    re-run would otherwise mix its files with, or silently replace, the earlier ones."""
+    try:
+        earlier = existing_outputs(plan.output)
+    except Exception:  # noqa: BLE001 - an unreachable folder is preflight's to explain
+        return []
+    if earlier and not overwrite:
+        names = ", ".join(path.rsplit("/", 1)[-1] for path in earlier[:3])
+        raise PlanError(f"--output {plan.output} already holds the outputs of a run ({names}"
+                        f"{', ...' if len(earlier) > 3 else ''}): pass --overwrite to replace "
+                        "them, or choose another folder")
+    return earlier
+
+
 def _require_match(option: str, pattern: str) -> list[str]:
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
@@ -140,8 +198,10 @@ def describe_method(plan) -> str:
 def run(argv, *, say=print, wait: bool = True) -> dict:
     """Runs the job; with wait=False (a flex template launch) only submits it."""
     silence_element_logging()
+    local_workers_ignore_ctrl_c()
     options = pipeline_options(argv)
-    plan = make_plan(options)
+    plan = with_folder_input(make_plan(options))
+    earlier = refuse_earlier_outputs(plan, options.view_as(DpSynthOptions).overwrite)
     epsilon = check_budget(plan)
     for line in describe_plan(plan, epsilon):
         say(f"dpsynth: {line}")
@@ -156,6 +216,8 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
         say(f"dpsynth: domain {reservation.domain}: epsilon {reservation.cumulative_epsilon:.4g} "
             f"of the lifetime {reservation.lifetime_epsilon:g} spent with this run "
             f"({reservation.runs_before} earlier run(s)); reserved in {plan.budget_ledger}")
+    for path in earlier:
+        storage.delete(path)
     started = time.time()
     try:
         pipeline = beam.Pipeline(options=options)
@@ -165,8 +227,10 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
             say(f"dpsynth: job submitted; outputs will appear in {plan.output} when it succeeds")
             return {"submitted": True, "run_id": plan.run_id, "output": plan.output}
         result.wait_until_finish()
-    except BaseException:
+    except BaseException as error:
         _mark(plan, "failed")
+        if isinstance(error, KeyboardInterrupt):
+            remove_staging(plan.output, plan.run_id)
         raise
     _mark(plan, "completed")
     elapsed = time.time() - started
@@ -181,6 +245,8 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
         f"{summary['records_accepted']} records ({summary['records_rejected']} rejected)")
     for note in summary.get("notes", []):
         say(f"dpsynth: note: {note}")
+    say(f"dpsynth: outputs in {plan.output}; formal epsilon {epsilon:.4g} at delta "
+        f"{plan.delta:g}")
     return summary
 
 
@@ -196,10 +262,14 @@ def _mark(plan, status: str) -> None:
 
 
 class _DropBeamNoise(logging.Filter):
-    """RunInference warns on every batch that it cannot read memory usage here."""
+    """RunInference warns on every batch that it cannot read memory usage here, and each
+    local worker process that it has no semi-persistent directory (it needs none)."""
+
+    NOISE = ("memory usage cannot be fetched", "No semi_persistent_directory found")
 
     def filter(self, record):
-        return "memory usage cannot be fetched" not in record.getMessage()
+        message = record.getMessage()
+        return not any(noise in message for noise in self.NOISE)
 
 
 def configure_logging():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -19,8 +18,9 @@ TINY_ENCODER = "tiny-bert"
 
 def use_tensorflow_backend():
     """Keras reads its backend once, at first import; ours is TensorFlow."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from offline_models.quiet_tensorflow import import_tensorflow
+
+    import_tensorflow()
 
 
 def load_keras_causal_lm(reference: str):

@@ -106,6 +106,14 @@ def _local_preset(reference: str, known: dict) -> Path:
     folder = Path(reference).expanduser()
     if folder.is_dir() and any((folder / f).exists() for f in ("config.json", "metadata.json")):
         return folder
+    if folder.is_dir():
+        raise UnknownModelError(f"the folder '{reference}' is not a keras-hub preset: it has "
+                                "no config.json or metadata.json")
+    if folder.exists():
+        raise UnknownModelError(f"'{reference}' is a file: name a keras-hub preset folder or "
+                                f"one of {', '.join(sorted(known))}")
+    if "/" in reference or reference.startswith((".", "~")):
+        raise UnknownModelError(f"the model folder '{reference}' does not exist")
     raise UnknownModelError(
         f"unknown model '{reference}': use one of {', '.join(sorted(known))}, "
         "or a local keras-hub preset directory")

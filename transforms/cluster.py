@@ -17,6 +17,7 @@ from apache_beam.metrics import Metrics
 from mechanisms import cluster as clustering
 from mechanisms.assign_to_batches import planned_batch_count
 from mechanisms.randomness import keyed_generator
+from beam_pipeline import progress
 from transforms.read import NAMESPACE
 
 UNIFORM, PUBLIC_CENTERS, DP_KMEANS = "uniform", "public_centers", "dp_kmeans"
@@ -208,6 +209,8 @@ class _NoisyLloydStep(beam.DoFn):
             updated[label], _ = clustering.noisy_lloyd_centres(
                 sums, counts, centres, sigma_sum=config.kmeans_sum_noise,
                 sigma_count=config.kmeans_count_noise, rng=rng)
+        progress.announce("clustering: DP k-means round %d/%d released", self._round + 1,
+                          config.kmeans_rounds)
         yield updated
 
 

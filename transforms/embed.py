@@ -6,6 +6,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
+from beam_pipeline import progress
 from transforms.model_handlers import SentenceEmbeddingHandler
 from transforms.read import NAMESPACE
 from transforms.read import unit_representative
@@ -44,17 +45,20 @@ class BoundContributions(beam.PTransform):
 class EmbedRecords(beam.PTransform):
     """Record -> (record, unit-norm embedding) through RunInference."""
 
-    def __init__(self, encoder: str, *, sequence_length: int):
+    def __init__(self, encoder: str, *, sequence_length: int, phase: str = "embedding"):
         super().__init__()
+        self._phase = phase
         self._handler = KeyedModelHandler(
             SentenceEmbeddingHandler(encoder, sequence_length=sequence_length))
 
     def expand(self, records):
         embedded = Metrics.counter(NAMESPACE, "records_embedded")
+        tick = progress.counter(self._phase, "texts embedded")
 
         def unpack(keyed):
             record, prediction = keyed
             embedded.inc()
+            tick()
             return record, prediction.inference
 
         return (records

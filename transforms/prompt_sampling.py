@@ -19,6 +19,7 @@ from mechanisms.randomness import keyed_generator
 from offline_models.joint_decoding import GenerationRequest
 from transforms.generate import render_prompt
 from transforms.model_handlers import GenerateInFixedCalls
+from beam_pipeline import progress
 from transforms.read import NAMESPACE
 
 
@@ -44,8 +45,10 @@ class SampleFromPrompts(beam.PTransform):
 
     def __init__(self, *, lm: str, template: str, secret: str, stop_text: str | None,
                  max_new_tokens: int, temperature: float, top_k: int | None, per_call: int,
-                 sample_id_prefix: str, counter: str | None = None):
+                 sample_id_prefix: str, counter: str | None = None,
+                 phase: str = "sampling"):
         super().__init__()
+        self._phase = phase
         self._lm = lm
         self._template = template
         self._secret = secret
@@ -63,6 +66,7 @@ class SampleFromPrompts(beam.PTransform):
         temperature, top_k, max_new_tokens, stop_text = (self._temperature, self._top_k,
                                                          self._max_new_tokens, self._stop_text)
         written = Metrics.counter(NAMESPACE, self._counter) if self._counter else None
+        tick = progress.counter(self._phase, "texts written")
 
         def request(member):
             chooser = PublicSamplingChooser(temperature=temperature, secret=secret,
@@ -76,6 +80,7 @@ class SampleFromPrompts(beam.PTransform):
             index, label, parent = prediction.inference.key
             if written is not None:
                 written.inc()
+            tick()
             return Member(index, label, prediction.inference.text.strip(), parent=parent)
 
         return (members

@@ -12,6 +12,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from mechanisms import cluster as clustering
+from beam_pipeline import progress
 from transforms.embed import EmbedRecords
 from transforms.prompt_sampling import Member, SampleFromPrompts
 from transforms.read import NAMESPACE, ReadRecords
@@ -48,7 +49,8 @@ class GeneratePublicCorpus(beam.PTransform):
                     lm=self._lm, template=self._template, secret=self._secret,
                     stop_text=self._stop_text, max_new_tokens=self._max_new_tokens,
                     temperature=self._temperature, top_k=None,
-                    per_call=self._batches_per_call, sample_id_prefix="")
+                    per_call=self._batches_per_call, sample_id_prefix="",
+                    phase="public corpus")
                 # Empty texts stay: they are public points like any other.
                 | "Text" >> beam.Map(lambda member: member.text))
 
@@ -82,11 +84,15 @@ class PublicCentres(beam.PTransform):
                 raise ValueError("the public corpus is empty: no centres can be fitted")
             vectors = np.stack([vector for _, vector in
                                 sorted(embedded, key=lambda pair: pair[0].text)])
-            return clustering.fit_kmeans(vectors, k, rng=np.random.default_rng(KMEANS_SEED))
+            centres = clustering.fit_kmeans(vectors, k, rng=np.random.default_rng(KMEANS_SEED))
+            progress.announce("public corpus: %d texts, %d centres fitted", len(embedded),
+                              len(centres))
+            return centres
 
         return (texts
                 | "EmbedPublic" >> EmbedRecords(self._encoder,
-                                                sequence_length=self._sequence_length)
+                                                sequence_length=self._sequence_length,
+                                                phase="public corpus: embedding")
                 | "CollectPublic" >> beam.combiners.ToList()
                 | "FitKMeans" >> beam.Map(fit))
 

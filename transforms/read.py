@@ -12,6 +12,7 @@ import codecs
 import dataclasses
 import io
 import json
+import re
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -19,6 +20,7 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
 from mechanisms.randomness import keyed_hash
+from beam_pipeline import progress
 
 FORMATS = ("jsonl", "csv", "parquet", "text")
 _EXTENSIONS = {
@@ -131,7 +133,18 @@ def first_of_same_id(rows) -> tuple[Record, list[Rejected]]:
     their rows keeps the order of these, so the choice depends on this unit's rows only.
     Ties of the order (same-named files in different folders) go by content."""
     ordered = sorted(rows, key=lambda r: (_source_order(r), r.text, r.label or ""))
-    return ordered[0], [Rejected(r.source, DUPLICATE_ID_REASON) for r in ordered[1:]]
+    return ordered[0], [Rejected(r.source, DUPLICATE_ID_REASON, record_excerpt(r))
+                        for r in ordered[1:]]
+
+
+def record_excerpt(record: Record) -> str:
+    """The raw excerpt of a row rejected after it became a Record."""
+    fields = {"id": record.record_id, "text": record.text}
+    if record.label is not None:
+        fields["label"] = record.label
+    if record.unit is not None:
+        fields["unit"] = record.unit
+    return _excerpt(fields)
 
 
 def unit_representative(unit_records, secret: str, ids_from_column: bool) -> Record:
@@ -150,7 +163,7 @@ def within_label_values(item: Record | Rejected, labels) -> Record | Rejected:
     """`item`, or its rejection when it is a Record whose label is not in `labels` (the
     public --label_values; None accepts every label)."""
     if isinstance(item, Record) and labels is not None and item.label not in labels:
-        return Rejected(item.source, "label not in --label_values")
+        return Rejected(item.source, "label not in --label_values", record_excerpt(item))
     return item
 
 
@@ -181,14 +194,15 @@ def to_record(row: dict, source: str, schema: RecordSchema) -> Record | Rejected
         return Rejected(source, f"text column '{schema.text_column}' is not a string "
                                 f"({type(text).__name__})", _excerpt(row))
     if _has_invalid_utf8(text):
-        return Rejected(source, "invalid UTF-8 in text")
+        return Rejected(source, "invalid UTF-8 in text", _excerpt(row))
     text = text.strip()
     if not text:
-        return Rejected(source, "empty text")
+        return Rejected(source, "empty text", _excerpt(row))
     truncated = False
     if len(text) > schema.max_chars:
         if schema.over_length == "reject":
-            return Rejected(source, f"text longer than max_chars={schema.max_chars}")
+            return Rejected(source, f"text longer than max_chars={schema.max_chars}",
+                            _excerpt(row))
         text, truncated = text[:schema.max_chars], True
     label = None
     if schema.label_column:
@@ -200,7 +214,7 @@ def to_record(row: dict, source: str, schema: RecordSchema) -> Record | Rejected
                                     "string or a whole number", _excerpt(row))
         label = _category(label)
         if _has_invalid_utf8(label):
-            return Rejected(source, "invalid UTF-8 in label")
+            return Rejected(source, "invalid UTF-8 in label", _excerpt(row))
     record_id = source
     if schema.id_column:
         record_id = _key_value(row, schema.id_column, "id")
@@ -254,9 +268,29 @@ def _decode(data: bytes) -> str:
 
 
 def _excerpt(row) -> str:
+    """The first characters of a row, bytes that are not UTF-8 shown escaped (\\xff)."""
     text = json.dumps(row, ensure_ascii=False, default=str) if not isinstance(row, str) else row
-    text = text.encode("utf-8", errors="replace").decode("utf-8")
-    return text[:RAW_EXCERPT_CHARS]
+    return _escape_surrogates(text[:RAW_EXCERPT_CHARS])
+
+
+def bytes_excerpt(data: bytes) -> str:
+    """The first bytes of a file that cannot be read as rows."""
+    return _escape_surrogates(_decode(data[:RAW_EXCERPT_CHARS]))
+
+
+def _escape_surrogates(text: str) -> str:
+    # surrogateescape decodes byte 0xNN as U+DCNN; any other lone surrogate came from a
+    # JSON escape. Neither can be written as UTF-8.
+    return "".join(
+        f"\\x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff"
+        else f"\\u{ord(ch):04x}" if "\ud800" <= ch <= "\udfff" else ch
+        for ch in text)
+
+
+def _json_error(message: str) -> str:
+    """json's message without its dangling position phrase ("Unterminated string starting
+    at"): the position would make every row's reason different, and reasons are counted."""
+    return re.sub(r"\s+(starting )?at$", "", message)
 
 
 def _lines(data: bytes) -> list[str]:
@@ -275,7 +309,8 @@ def _jsonl_rows(data: bytes):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            yield number, Rejected("", f"malformed JSON: {error.msg}", _excerpt(line))
+            yield number, Rejected("", f"malformed JSON: {_json_error(error.msg)}",
+                                   _excerpt(line))
             continue
         except RecursionError:
             yield number, Rejected("", "malformed JSON: nested too deeply", _excerpt(line))
@@ -414,7 +449,8 @@ def _parquet_rows(data: bytes):
     try:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as error:
-        yield 0, Rejected("", f"unreadable Parquet file ({type(error).__name__})")
+        yield 0, Rejected("", f"unreadable Parquet file ({type(error).__name__})",
+                          bytes_excerpt(data))
         return
     for number, row in enumerate(table.to_pylist(), start=1):
         yield number, row
@@ -455,6 +491,7 @@ class _ParseFile(beam.DoFn):
         self._read = Metrics.counter(NAMESPACE, "records_read")
         self._rejected = Metrics.counter(NAMESPACE, "records_rejected")
         self._truncated = Metrics.counter(NAMESPACE, "records_truncated")
+        self._progress = progress.counter("reading", "rows parsed")
 
     def process(self, readable_file):
         path = readable_file.metadata.path
@@ -463,13 +500,15 @@ class _ParseFile(beam.DoFn):
         except ValueError:  # the run checks the names first; a file may appear since
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTED_TAG, Rejected(
-                path.rsplit("/", 1)[-1], "unknown file format: pass --input_format"))
+                path.rsplit("/", 1)[-1], "unknown file format: pass --input_format",
+                bytes_excerpt(readable_file.read())))
             return
         data = readable_file.read()
         if file_format != "parquet":
             data = reencode_as_utf8(data, self._encoding)
         for item in parse_file(path, data, self._schema, file_format):
             item = within_label_values(item, self._labels)
+            self._progress()
             if isinstance(item, Rejected):
                 self._rejected.inc()
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, item)

@@ -139,7 +139,9 @@ def run_notes(summary: dict, batch_size: int) -> list[str]:
     """
     notes = []
     accepted = summary.get("records_accepted", 0)
-    if accepted == 0:
+    if accepted == 0 and summary.get("records_rejected", 0) == 0:
+        notes.append("No record was accepted: the input holds no rows.")
+    elif accepted == 0:
         notes.append("No record was accepted: see rejected-*.jsonl for the reasons.")
     elif batch_size is not None and accepted < batch_size:
         notes.append(f"The input has fewer accepted records ({accepted}) than one batch "

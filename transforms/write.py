@@ -8,14 +8,19 @@ staging folder only, so a downstream reader never sees a half-written result.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import storage
+from beam_pipeline import progress
 
 STAGING_PREFIX = ".staging-"
+# What a run publishes: a folder holding any of these holds an earlier run's outputs.
+OUTPUT_NAMES = ("synthetic-*.jsonl", "rejected-*.jsonl", "privacy_report.json",
+                "privacy_report.md", "run_summary.json", "synthetic_embeddings.*")
 
 
 def output_path(output_dir: str, name: str) -> str:
@@ -24,6 +29,20 @@ def output_path(output_dir: str, name: str) -> str:
 
 def staging_dir(output_dir: str, run_id: str) -> str:
     return storage.join(output_dir, STAGING_PREFIX + run_id)
+
+
+def existing_outputs(output_dir: str) -> list[str]:
+    """The files of an earlier run in `output_dir` (local or gs://)."""
+    return [path for path in storage.list_files(output_dir)
+            if any(fnmatch.fnmatch(path.rsplit("/", 1)[-1], name) for name in OUTPUT_NAMES)]
+
+
+def remove_staging(output_dir: str, run_id: str) -> None:
+    """Removes what an interrupted run staged; nothing of it was published."""
+    staging = staging_dir(output_dir, run_id)
+    for path in storage.list_files(staging):
+        storage.delete(path)
+    storage.delete(staging)
 
 
 def write_text_file(path: str, text: str) -> None:
@@ -73,6 +92,7 @@ def publish(staging: str, output_dir: str) -> list[str]:
         storage.move(source, destination)
         published.append(destination)
     storage.delete(staging)
+    progress.announce("writing: %d files published to %s", len(published), output_dir)
     return published
 
 

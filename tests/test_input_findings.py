@@ -105,9 +105,11 @@ def test_the_empty_input_note_does_not_point_at_an_empty_rejected_file():
     assert "rejected-*.jsonl" in notes[0]
 
 
-def test_an_empty_input_file_finishes_with_the_right_note(tmp_path):
-    data = tmp_path / "empty.jsonl"
-    data.write_bytes(b"")
+def test_an_input_without_rows_finishes_with_the_right_note(tmp_path):
+    # An empty file is refused before the run (tests/test_input_check.py); a CSV header
+    # without rows is not empty, and runs.
+    data = tmp_path / "header_only.csv"
+    data.write_bytes(b"id,text\n")
     lines = []
     summary = run(tiny_args(data, tmp_path / "out", "--clustering", "uniform"),
                   say=lines.append)

@@ -241,8 +241,11 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
     made = f"{summary['synthetic_records']} synthetic records"
     if "synthetic_embeddings" in summary:
         made += f" and {summary['synthetic_embeddings']} synthetic embeddings"
-    say(f"dpsynth: done in {elapsed:.0f} s: {made} from "
-        f"{summary['records_accepted']} records ({summary['records_rejected']} rejected)")
+    used = summary.get("records_embedded", summary["records_accepted"])
+    sampled = (f"{used} of {summary['records_accepted']} accepted records"
+               if used != summary["records_accepted"] else f"{used} records")
+    say(f"dpsynth: done in {elapsed:.0f} s: {made} from {sampled} "
+        f"({summary['records_rejected']} rejected)")
     for note in summary.get("notes", []):
         say(f"dpsynth: note: {note}")
     say(f"dpsynth: outputs in {plan.output}; formal epsilon {epsilon:.4g} at delta "

@@ -100,9 +100,11 @@ class DpSynthOptions(PipelineOptions):
                                  "median_ptr, 10 for the median")
         method.add_argument("--max_new_tokens", type=int, default=64,
                             help="tokens generated per synthetic record at most")
-        method.add_argument("--top_k", type=int, default=None,
+        method.add_argument("--top_k", type=int, default=50,
                             help="keep only the k tokens the public prompt ranks highest "
-                                 "(free: public data only)")
+                                 "(free: public data only); 0 keeps the whole vocabulary. "
+                                 "At a small epsilon the private aggregate is nearly flat, "
+                                 "and the mask is what keeps the text readable")
         method.add_argument("--public_tokens", action="store_true",
                             help="sparse-vector gate: emit free tokens from the public prompt "
                                  "while it agrees with the batch")

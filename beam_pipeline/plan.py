@@ -95,7 +95,7 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     _require(o.max_records_noise is None or o.max_records_noise > 0,
              "--max_records_noise must be > 0")
     _require(o.max_chars >= 1, "--max_chars must be >= 1")
-    _require(o.top_k is None or o.top_k >= 1, "--top_k must be >= 1")
+    _require(o.top_k is None or o.top_k >= 0, "--top_k must be >= 0 (0 keeps every token)")
     _require(o.histogram_noise is None or o.histogram_noise > 0, "--histogram_noise must be > 0")
     _require(o.gate_noise > 0, "--gate_noise must be > 0")
     _require(o.ptr_svt_epsilon > 0, "--ptr_svt_epsilon must be > 0")
@@ -170,7 +170,7 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         kmeans_count_noise=value("kmeans_count_noise"))
     generation = GenerationConfig(
         aggregator=o.aggregator, clip=value("clip"), temperature=o.temperature,
-        expected_batch_size=o.batch_size, max_new_tokens=o.max_new_tokens, top_k=o.top_k,
+        expected_batch_size=o.batch_size, max_new_tokens=o.max_new_tokens, top_k=o.top_k or None,
         public_tokens=o.public_tokens, gate_threshold=o.gate_threshold,
         gate_noise=o.gate_noise, max_private_tokens=o.max_private_tokens,
         public_temperature=o.public_temperature,

@@ -238,6 +238,7 @@ def _downstream(column, synthetic, synthetic_vectors, pool, pool_vectors, test, 
     majority, share = metrics.majority_class(test_y)
     return {"trained_on_synthetic": on_synthetic, "trained_on_real": on_real,
             "majority_class": majority, "majority_class_accuracy": share,
+            "majority_class_balanced_accuracy": metrics.majority_balanced_accuracy(test_y),
             "test_size": len(test_y)}
 
 

@@ -234,6 +234,8 @@ def figures(result: dict) -> list[Figure]:
                            _number(entry["majority_class_accuracy"]),
                            f"always answering {entry['majority_class']!r}",
                            {"test records": entry["test_size"]}))
+        if "majority_class_balanced_accuracy" in entry:
+            rows.extend(_balanced_accuracy_figures(column, entry))
     for side in ("synthetic", "real") if "lengths" in result else ():   # no text, no lengths
         lengths = result["lengths"][side]
         rows.append(Figure(f"Mean length, {side}",
@@ -274,6 +276,26 @@ def figures(result: dict) -> list[Figure]:
     if privacy is not None and not privacy.get("runs"):
         rows.append(Figure("Formal epsilon of the run", "n/a",
                            f"no readable {PRIVACY_REPORT} beside the synthetic file"))
+    return rows
+
+
+def _balanced_accuracy_figures(column: str, entry: dict) -> list[Figure]:
+    """Balanced accuracy of both classifiers and of the constant answer: on a skewed test set
+    plain accuracy can equal the majority share for every classifier, and this still moves."""
+    rows = []
+    for side in ("trained_on_synthetic", "trained_on_real"):
+        part = entry[side]
+        value = part.get("balanced_accuracy")
+        rows.append(Figure(f"Balanced accuracy {column}, {side.replace('_', ' ')}",
+                           _number(value),
+                           "mean over the test classes of the share of each class found"
+                           if value is not None else part.get("reason", ""),
+                           {"training records": part["train_size"],
+                            "test records": part["test_size"]} if value is not None else {}))
+    rows.append(Figure(f"Balanced accuracy {column}, majority class",
+                       _number(entry["majority_class_balanced_accuracy"]),
+                       "any constant answer: 1 / the number of test classes",
+                       {"test records": entry["test_size"]}))
     return rows
 
 

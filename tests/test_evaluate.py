@@ -101,6 +101,45 @@ def test_downstream_accuracy_reports_degenerate_labels_instead_of_failing():
     assert missing["test_share_of_missing_classes"] == pytest.approx(1 / 3)
 
 
+def test_balanced_accuracy_averages_the_recall_of_each_true_class():
+    truth = ["a"] * 8 + ["b"] * 2
+    assert metrics.balanced_accuracy(["a"] * 10, truth) == pytest.approx(0.5)
+    assert metrics.balanced_accuracy(["a"] * 7 + ["b"] * 3, truth) == pytest.approx(
+        (7 / 8 + 2 / 2) / 2)
+    assert metrics.balanced_accuracy([], []) is None
+    assert metrics.majority_balanced_accuracy(["a", "a", "b", "c"]) == pytest.approx(1 / 3)
+    assert metrics.majority_balanced_accuracy([]) is None
+
+
+def test_balanced_accuracy_tells_label_shares_from_reading_the_texts(tiny_encoder):
+    """Trained on labels drawn at random with the real shares, a classifier's accuracy can
+    reach the majority share on a skewed test set; its balanced accuracy stays near 1 / classes,
+    while a classifier that reads the texts scores near 1 on both."""
+    real = (_labelled(sentences(FRUIT, 80, seed=70), "fruit")
+            + _labelled(sentences(NOISE, 20, seed=71), "noise"))
+    texts = sentences(FRUIT, 40, seed=72) + sentences(NOISE, 40, seed=73)
+    reading = [{"text": t, "label": "fruit" if i < 40 else "noise"} for i, t in enumerate(texts)]
+    shuffled_labels = np.random.default_rng(0).permutation(["fruit"] * 64 + ["noise"] * 16)
+    guessing = [{"text": t, "label": label} for t, label in zip(texts, shuffled_labels)]
+
+    good = evaluate(reading, real, label_columns=["category"], encoder=tiny_encoder, seed=0)
+    bad = evaluate(guessing, real, label_columns=["category"], encoder=tiny_encoder, seed=0)
+
+    for result in (good, bad):
+        downstream = result["downstream"]["category"]
+        assert downstream["majority_class_balanced_accuracy"] == 0.5
+        assert downstream["trained_on_real"]["balanced_accuracy"] is not None
+    good_part = good["downstream"]["category"]["trained_on_synthetic"]
+    bad_part = bad["downstream"]["category"]["trained_on_synthetic"]
+    assert good_part["balanced_accuracy"] > 0.8
+    assert bad_part["balanced_accuracy"] < 0.65
+    assert bad_part["balanced_accuracy"] < bad_part["accuracy"] - 0.1
+    console = dict((name, value) for name, value, _ in report.summary_rows(bad))
+    assert console["Balanced accuracy category, majority class"] == "0.500"
+    assert console["Balanced accuracy category, trained on synthetic"] == \
+        f"{bad_part['balanced_accuracy']:.3f}"
+
+
 # ---------------------------------------------------------------------------- shapes
 
 def test_length_stats_match_hand_computed_values():

@@ -72,6 +72,48 @@ def test_mauve_is_not_computed_on_too_few_texts():
     assert result["sample_size"] == 9 and "at least 10" in result["reason"]
 
 
+@pytest.fixture(scope="module")
+def tiny_lm_features():
+    from offline_models.loading import TINY_LM, load_feature_encoder
+
+    return load_feature_encoder(TINY_LM, sequence_length=32)
+
+
+def test_lm_features_are_unit_vectors_that_ignore_padding(tiny_lm_features):
+    texts = ["apple banana", "apple banana cherry grape melon peach pear plum lemon lime"]
+    together = tiny_lm_features.embed(texts)
+    alone = np.concatenate([tiny_lm_features.embed([t]) for t in texts])
+    assert together.shape == (2, tiny_lm_features.dimension)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(together, alone, atol=1e-5)   # padding takes no part
+
+
+def test_second_feature_space_mauve_sits_beside_the_encoders(tiny_encoder, tiny_lm_features):
+    """The evaluator's own sanity check of the second space: real against real is near 1,
+    text of another kind clearly lower, and the run's encoder figure is unchanged."""
+    real = _labelled(sentences(FRUIT, 80, seed=80), "fruit")
+    like_real = [{"text": t, "label": "fruit"} for t in sentences(FRUIT, 40, seed=81)]
+    unlike = [{"text": t, "label": "fruit"} for t in sentences(NOISE, 40, seed=82)]
+    common = dict(label_columns=["category"], encoder=tiny_encoder, seed=0,
+                  feature_encoder=tiny_lm_features, feature_encoder_name="tiny-llama3")
+
+    good = evaluate(like_real, real, **common)
+    bad = evaluate(unlike, real, **common)
+    plain = evaluate(like_real, real, label_columns=["category"], encoder=tiny_encoder, seed=0)
+
+    second = good["mauve_feature_encoder"]
+    assert second["encoder"] == "tiny-llama3" and second["sample_size"] == 40
+    assert second["features"].startswith("tiny-llama3, 32 dimensions")
+    assert second["real_vs_real"]["score"] > 0.8
+    assert second["score"] > 0.8
+    assert bad["mauve_feature_encoder"]["score"] < second["score"] - 0.4
+    assert good["mauve"] == plain["mauve"] and "mauve_feature_encoder" not in plain
+    console = dict((name, value) for name, value, _ in report.summary_rows(good))
+    assert console["MAUVE, tiny-llama3 features"] == f"{second['score']:.3f} [rough: only 40 " \
+        "texts a side, under 50]"
+    assert "MAUVE, real vs real, tiny-llama3 features" in console and "MAUVE" in console
+
+
 # ---------------------------------------------------------------------------- accuracy
 
 def test_downstream_accuracy_beats_chance_on_separable_data(tiny_encoder):
@@ -372,6 +414,38 @@ def test_command_writes_json_and_self_contained_html(tmp_path, capsys):
     assert "data:image/png;base64," in page
     assert "MAUVE" in captured.out and "evaluation.html" in captured.out
     assert "embedding synthetic texts: 20/20" in captured.err
+
+
+def test_command_feature_encoder_adds_a_second_mauve_to_json_and_console(tmp_path, capsys):
+    real, synthetic = _command_inputs(tmp_path)
+    output = tmp_path / "report"
+    code = cli.main(["evaluate", "--synthetic", str(synthetic), "--real", str(real),
+                     "--label_column", "category", "--encoder", "tiny-bert",
+                     "--encoder_sequence_length", "32", "--feature_encoder", "tiny-llama3",
+                     "--output", str(output)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    saved = json.loads((output / "evaluation.json").read_text())
+    assert saved["settings"]["feature_encoder"] == "tiny-llama3"
+    second = saved["mauve_feature_encoder"]
+    assert second["encoder"] == "tiny-llama3" and second["sample_size"] == 20
+    assert 0.0 <= second["score"] <= 1.0
+    assert "MAUVE, tiny-llama3 features:" in captured.out
+    assert "MAUVE, tiny-llama3 features" in (output / "evaluation.html").read_text()
+
+
+@pytest.mark.parametrize("feature_encoder, expected", [
+    ("gpt-9", "unknown --feature_encoder 'gpt-9': use one of"),
+    ("tiny-bert", "is the --encoder"),
+])
+def test_command_feature_encoder_mistakes_are_one_line(tmp_path, capsys, feature_encoder,
+                                                       expected):
+    real, synthetic = _command_inputs(tmp_path)
+    code = cli.main(["evaluate", "--synthetic", str(synthetic), "--real", str(real),
+                     "--encoder", "tiny-bert", "--feature_encoder", feature_encoder,
+                     "--output", str(tmp_path / "report")])
+    error = capsys.readouterr().err
+    assert code == 2 and expected in error and "Traceback" not in error
 
 
 @pytest.mark.parametrize("problem, expected", [

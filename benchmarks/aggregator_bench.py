@@ -22,7 +22,7 @@ epsilon by mechanisms/accounting.py for --max_private_tokens private tokens per 
 - median: the same on the coordinate-wise lower median, with the clip that meets the
   epsilon at the formal worst case 2c;
 - median_ptr: the median while the stability test passes and the mean after it fails
-  (b = 2c/s, the test at a quarter of the epsilon); its pass rate is the share of tokens
+  (b = 2c/s unless --ptr_bound_ratio says otherwise, the test at a quarter of the epsilon); its pass rate is the share of tokens
   drawn from the median;
 - gate: the mean behind the public-token gate, whose noise is set so that the gate alone
   spends a quarter of the epsilon; its private share is the share of tokens that are not
@@ -60,10 +60,13 @@ from beam_pipeline.demo import DEFAULT_INPUT, YELP_TEMPLATE  # noqa: E402
 RULES = ("mean", "median", "median_ptr", "gate")
 BRACKETS = ("public", "top-k only")
 RECORDED_TOP = 50          # the largest public top-k the bench scores
-PTR_BOUND_RATIO = 2.0      # b = 2 c / s, as compare_methods
+PTR_BOUND_RATIO = 2.0      # b = 2 c / s, as compare_methods (--ptr_bound_ratio)
 PTR_SVT_SHARE = 0.25       # the stability test's epsilon, a share of the target
 GATE_SHARE = 0.25          # the gate's own epsilon, a share of the target
 GATE_THRESHOLD = 0.5       # the pipeline's default --gate_threshold
+# median_ptr beats the mean only by more than this much KL: both reach the top-k floor at
+# large s and differ there by rounding.
+CROSSOVER_MARGIN = 1e-3
 LABEL_COLUMN = "label1"
 
 
@@ -92,7 +95,8 @@ def main(argv=None) -> int:
     rows = score(recording, sizes=sizes, epsilons=epsilons, top_ks=top_ks,
                  rules=args.rules.split(","), temperature=args.temperature,
                  delta=args.delta, max_private_tokens=args.max_private_tokens,
-                 simulations=args.simulations, seed=args.seed)
+                 simulations=args.simulations, seed=args.seed,
+                 ptr_bound_ratio=args.ptr_bound_ratio)
     crossover = crossovers(rows, epsilons, top_ks)
     wall = time.time() - started
     summary = {"settings": {**vars(args), "sizes": sizes, "epsilons": epsilons,
@@ -119,7 +123,7 @@ def _parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lm", default="smollm2-135m")
     parser.add_argument("--data", default=str(DEFAULT_INPUT))
-    parser.add_argument("--groups", type=int, default=6,
+    parser.add_argument("--groups", type=int, default=12,
                         help="groups of --group_size seeds, one continuation each")
     parser.add_argument("--group_size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=16, help="continuation tokens recorded")
@@ -132,6 +136,8 @@ def _parser():
                         help="private tokens per sequence the clip is calibrated for "
                              "(compare_methods' --max_new_tokens)")
     parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--ptr_bound_ratio", type=float, default=PTR_BOUND_RATIO,
+                        help="median_ptr's proposed bound b = ratio * c / s (default 2)")
     parser.add_argument("--max_chars", type=int, default=500, help="seed text kept")
     parser.add_argument("--simulations", type=int, default=400,
                         help="runs of the sparse vector per batch for the branch shares")
@@ -226,7 +232,8 @@ def _log_softmax(values):
 # -------------------------------------------------------------------- scoring
 
 
-def calibrated_settings(rule, *, epsilon, s, temperature, delta, max_private_tokens):
+def calibrated_settings(rule, *, epsilon, s, temperature, delta, max_private_tokens,
+                        ptr_bound_ratio=PTR_BOUND_RATIO):
     """{"clip", ...the rule's other settings}; None when the epsilon cannot be met."""
     from mechanisms import accounting, median_ptr
 
@@ -245,9 +252,9 @@ def calibrated_settings(rule, *, epsilon, s, temperature, delta, max_private_tok
             clip = accounting.calibrate_median_ptr_clip(
                 target_epsilon=epsilon, delta=delta, expected_batch_size=s,
                 temperature=temperature, max_private_tokens=tokens,
-                bound_ratio=PTR_BOUND_RATIO, svt_epsilon=svt_epsilon)
+                bound_ratio=ptr_bound_ratio, svt_epsilon=svt_epsilon)
             ptr = median_ptr.PtrSettings.for_run(
-                bound=PTR_BOUND_RATIO * clip / s, svt_epsilon=svt_epsilon, fallback="mean",
+                bound=ptr_bound_ratio * clip / s, svt_epsilon=svt_epsilon, fallback="mean",
                 max_tokens=tokens, delta=delta * median_ptr.TEST_DELTA_SHARE)
             return {"clip": clip, "bound": ptr.bound, "noise_scale": ptr.noise_scale,
                     "threshold": ptr.threshold}
@@ -301,12 +308,16 @@ def _distances(q, reference_logp):
 
 
 def _ptr_pass_shares(members, c, settings, rng, simulations):
-    """(B, T) probability that the stability test is still passing at each step."""
+    """((B, T) probability that the stability test is still passing at each step,
+    (B, T) gamma)."""
     from mechanisms import median_ptr
 
     batches, steps = members.shape[0], members.shape[1]
-    gamma = np.empty((batches, steps))
-    for b in range(batches):
+    gamma = np.full((batches, steps), np.inf)
+    # With b >= 2c no batch's median moves by more than b: the test has nothing to reject
+    # (gamma is infinite) and the tokens are charged at b, the worst case.
+    testable = settings["bound"] < 2 * c
+    for b in range(batches if testable else 0):
         for t in range(steps):
             gamma[b, t] = median_ptr.distance_to_instability(
                 _clip(members[b, t], c), c, settings["bound"])
@@ -314,7 +325,7 @@ def _ptr_pass_shares(members, c, settings, rng, simulations):
     threshold = settings["threshold"] + rng.laplace(0.0, sigma, (simulations, batches))
     query = gamma[None] + rng.laplace(0.0, 2 * sigma, (simulations, batches, steps))
     alive = np.cumprod(query > threshold[..., None], axis=2)
-    return alive.mean(axis=0)
+    return alive.mean(axis=0), gamma
 
 
 def _gate_private_shares(members, public, s, sigma, rng, simulations):
@@ -335,7 +346,8 @@ def _gate_private_shares(members, public, s, sigma, rng, simulations):
 
 
 def score(recording, *, sizes, epsilons, top_ks, rules, temperature, delta,
-          max_private_tokens, simulations, seed) -> list[dict]:
+          max_private_tokens, simulations, seed,
+          ptr_bound_ratio=PTR_BOUND_RATIO) -> list[dict]:
     """One row per (rule, epsilon, k, s) and per (bracket, k, s)."""
     all_members = recording["member_logits"].astype(np.float64)    # (G, T, N, 50)
     all_public = recording["public_logits"].astype(np.float64)     # (G, T, 50)
@@ -362,15 +374,17 @@ def score(recording, *, sizes, epsilons, top_ks, rules, temperature, delta,
                     rows.append(_score_rule(rule, epsilon, s, k, kept, kept_public,
                                             kept_reference, temperature=temperature,
                                             delta=delta, max_private_tokens=max_private_tokens,
-                                            simulations=simulations, seed=seed))
+                                            simulations=simulations, seed=seed,
+                                            ptr_bound_ratio=ptr_bound_ratio))
     return rows
 
 
 def _score_rule(rule, epsilon, s, k, members, public, reference, *, temperature, delta,
-                max_private_tokens, simulations, seed):
+                max_private_tokens, simulations, seed, ptr_bound_ratio):
     row = {"rule": rule, "epsilon": epsilon, "top_k": k, "s": s}
     settings = calibrated_settings(rule, epsilon=epsilon, s=s, temperature=temperature,
-                                   delta=delta, max_private_tokens=max_private_tokens)
+                                   delta=delta, max_private_tokens=max_private_tokens,
+                                   ptr_bound_ratio=ptr_bound_ratio)
     if settings is None:
         return dict(row, kl=None, tv=None, reason="the epsilon cannot be met")
     row.update(settings)
@@ -386,9 +400,11 @@ def _score_rule(rule, epsilon, s, k, members, public, reference, *, temperature,
     elif rule == "median":
         q = median_q
     elif rule == "median_ptr":
-        passing = _ptr_pass_shares(members, c, settings, rng, simulations)
+        passing, gamma = _ptr_pass_shares(members, c, settings, rng, simulations)
         q = passing[..., None] * median_q + (1 - passing[..., None]) * mean_q
-        row["pass_rate"] = float(passing.mean())
+        # gamma against the threshold says why the test passes or not.
+        row.update(pass_rate=float(passing.mean()), gamma_median=float(np.median(gamma)),
+                   gamma_p90=float(np.quantile(gamma, 0.9)))
     else:
         private = _gate_private_shares(members, public, s, settings["noise_scale"], rng,
                                        simulations)
@@ -432,7 +448,7 @@ def table(rows, sizes) -> str:
 
 def crossovers(rows, epsilons, top_ks) -> list[dict]:
     """For each epsilon and k: the smallest s from which median_ptr's KL stays below the
-    mean's at every larger s (None when it never does)."""
+    mean's by more than CROSSOVER_MARGIN at every larger s (None when it never does)."""
     found = []
     for epsilon in epsilons:
         for k in top_ks:
@@ -441,7 +457,7 @@ def crossovers(rows, epsilons, top_ks) -> list[dict]:
                         and r["epsilon"] == epsilon and r["top_k"] == k}
             mean, ptr = kl("mean"), kl("median_ptr")
             sizes = sorted(s for s in mean if mean[s] is not None and ptr.get(s) is not None)
-            beats = [ptr[s] < mean[s] for s in sizes]
+            beats = [ptr[s] < mean[s] - CROSSOVER_MARGIN for s in sizes]
             start = None
             for index in range(len(sizes)):
                 if all(beats[index:]):
@@ -453,7 +469,8 @@ def crossovers(rows, epsilons, top_ks) -> list[dict]:
 
 def crossover_lines(found) -> str:
     return "\n".join(
-        [f"\ncrossover: the smallest s from which median_ptr's KL stays below the mean's"]
+        ["\ncrossover: the smallest s from which median_ptr's KL stays below the mean's "
+         f"(by more than {CROSSOVER_MARGIN:g})"]
         + [f"  epsilon {f['epsilon']:g}, top-k {f['top_k']}: "
            + (f"s >= {f['median_ptr_beats_mean_from_s']}"
               if f["median_ptr_beats_mean_from_s"] is not None else "never in this range")

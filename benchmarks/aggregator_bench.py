@@ -22,8 +22,8 @@ epsilon by mechanisms/accounting.py for --max_private_tokens private tokens per 
 - median: the same on the coordinate-wise lower median, with the clip that meets the
   epsilon at the formal worst case 2c;
 - median_ptr: the median while the stability test passes and the mean after it fails
-  (b = 2c/s unless --ptr_bound_ratio says otherwise, the test at a quarter of the epsilon); its pass rate is the share of tokens
-  drawn from the median;
+  (b = 2c/s unless --ptr_bound_ratio says otherwise, the test at a quarter of the
+  epsilon); its pass rate is the share of tokens drawn from the median;
 - gate: the mean behind the public-token gate, whose noise is set so that the gate alone
   spends a quarter of the epsilon; its private share is the share of tokens that are not
   free public tokens.
@@ -402,9 +402,12 @@ def _score_rule(rule, epsilon, s, k, members, public, reference, *, temperature,
     elif rule == "median_ptr":
         passing, gamma = _ptr_pass_shares(members, c, settings, rng, simulations)
         q = passing[..., None] * median_q + (1 - passing[..., None]) * mean_q
-        # gamma against the threshold says why the test passes or not.
-        row.update(pass_rate=float(passing.mean()), gamma_median=float(np.median(gamma)),
-                   gamma_p90=float(np.quantile(gamma, 0.9)))
+        # gamma against the threshold says why the test passes or not; None when b >= 2c
+        # leaves nothing to test.
+        finite = np.isfinite(gamma).all()
+        row.update(pass_rate=float(passing.mean()),
+                   gamma_median=float(np.median(gamma)) if finite else None,
+                   gamma_p90=float(np.quantile(gamma, 0.9)) if finite else None)
     else:
         private = _gate_private_shares(members, public, s, settings["noise_scale"], rng,
                                        simulations)

@@ -133,6 +133,21 @@ def test_aggregator_bench_scores_every_rule_epsilon_k_and_s_on_the_tiny_lm(tmp_p
                                   "--simulations", "20", "--output", str(again)]) == 0
     assert json.loads((again / "aggregator_bench.json").read_text())["rows"] == rows
 
+    # The budget pins median_ptr's bound b, so b = 8c/s leaves a clip four times smaller.
+    wider = tmp_path / "wider"
+    assert aggregator_bench.main(["--from_recording", str(out / "recording.npz"), "--quick",
+                                  "--simulations", "20", "--ptr_bound_ratio", "8",
+                                  "--output", str(wider)]) == 0
+
+    def ptr_rows(rows):
+        return {(r["epsilon"], r["top_k"], r["s"]): r for r in rows if r["rule"] == "median_ptr"}
+
+    default, wide = ptr_rows(rows), ptr_rows(
+        json.loads((wider / "aggregator_bench.json").read_text())["rows"])
+    for key, row in default.items():
+        assert wide[key]["bound"] == pytest.approx(row["bound"], rel=1e-3)
+        assert wide[key]["clip"] == pytest.approx(row["clip"] / 4, rel=1e-3)
+
 
 def test_the_calibrated_clips_meet_the_epsilon_of_their_rule():
     from mechanisms import accounting

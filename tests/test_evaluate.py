@@ -900,11 +900,11 @@ def test_the_page_renders_in_chromium_with_the_banner_and_the_verdict_on_top(tmp
     assert (image.sum(axis=2) < 200).sum() > 20000                # text was drawn
 
 
-# ---------------------------------------------------------------------------- second space, real LMs
+# ---------------------------------------------------------------------------- LM feature space
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lm", ["smollm2-135m", pytest.param("gemma3-270m",
-                                                             marks=pytest.mark.gemma)])
+@pytest.mark.parametrize("lm", ["smollm2-135m",
+                                pytest.param("gemma3-270m", marks=pytest.mark.gemma)])
 def test_lm_feature_space_tells_real_reviews_from_shuffled_ones(lm):
     """The second feature space's own sanity check on 200 against 200 held-out Yelp reviews:
     real against other real reviews scores near 1; the same reviews with their words shuffled

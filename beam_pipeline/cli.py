@@ -151,6 +151,11 @@ def _parser():
                                f"(default: {registry.DEFAULT_ENCODER})")
     evaluate.add_argument("--encoder_sequence_length", type=_positive_int, default=128,
                           help="encoder tokens per text (default: 128)")
+    evaluate.add_argument("--feature_encoder", default=None,
+                          help="a second feature space for MAUVE that no method uses, shown "
+                               "beside the --encoder's: an LM name (gemma3-270m, smollm2-135m: "
+                               "its last hidden state, mean-pooled) or another encoder "
+                               "(default: none)")
     evaluate.add_argument("--seed", type=int, default=0,
                           help="seed of the subsampling, the split, k-means and the classifier "
                                "(default: 0)")
@@ -409,7 +414,7 @@ def _evaluate(args):
             label_columns=args.label_column, synthetic_label_column=args.synthetic_label_column,
             text_column=args.text_column, synthetic_text_column=args.synthetic_text_column,
             encoder=args.encoder, encoder_sequence_length=args.encoder_sequence_length,
-            seed=args.seed, say=say)
+            seed=args.seed, feature_encoder=args.feature_encoder, say=say)
     except InputError as error:
         raise UsageError(str(error)) from None
     for figure, value, meaning in summary_rows(result):

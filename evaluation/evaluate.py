@@ -50,10 +50,13 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
              synthetic_label_column: str | None = None,
              copy_ngram: int = memorisation_lib.COPY_NGRAM,
              mauve_buckets: int | None = None,
+             feature_encoder=None, feature_encoder_name: str | None = None,
              say: Callable[[str], None] | None = None) -> dict:
     """The evaluation as a JSON-ready dict (see the module docstring for the inputs).
 
     `encoder` is anything with `embed(texts) -> (n, d) float array` (a SentenceEncoder).
+    `feature_encoder`, of the same kind, adds MAUVE in a second feature space
+    ("mauve_feature_encoder"), named `feature_encoder_name`.
     """
     say = say or (lambda line: None)
     label_columns, synthetic_label_column = label_columns_of(label_columns,
@@ -86,6 +89,12 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
     mauve["real_vs_real"] = _real_reference(real_vectors, mauve["sample_size"], seed=seed,
                                             num_buckets=mauve_buckets)
 
+    second_space = None
+    if feature_encoder is not None:
+        second_space = second_space_mauve(
+            feature_encoder, feature_encoder_name, [r["text"] for r in synthetic],
+            [r["text"] for r in real], seed=seed, num_buckets=mauve_buckets, say=say)
+
     downstream, labels = per_label_column_figures(
         label_columns, synthetic, synthetic_vectors, real, pool, pool_vectors, test,
         test_vectors, seed=seed, baseline_source="private" if private is not None else "real",
@@ -111,6 +120,7 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
                      "synthetic_label_column": synthetic_label_column, "copy_ngram": copy_ngram},
         "split": split,
         "mauve": mauve,
+        **({"mauve_feature_encoder": second_space} if second_space is not None else {}),
         "downstream": downstream,
         "lengths": {"synthetic": metrics.length_stats([r["text"] for r in synthetic]),
                     "real": metrics.length_stats([r["text"] for r in real])},
@@ -118,6 +128,24 @@ def evaluate(synthetic_records: Iterable, real_records: Iterable, *,
         "memorisation": copying,
         "samples": sample_texts(synthetic, synthetic_label_column, seed),
     }
+
+
+def second_space_mauve(feature_encoder, name, synthetic_texts, real_texts, *, seed,
+                       num_buckets=None, say=None) -> dict:
+    """MAUVE and its real-vs-real reference in the feature encoder's space, on the same
+    subsamples as the main space (same seed, same sizes), so the two spaces differ only in
+    the features."""
+    say = say or (lambda line: None)
+    synthetic_vectors = _embed(feature_encoder, synthetic_texts, f"synthetic ({name})", say)
+    real_vectors = _embed(feature_encoder, real_texts, f"real ({name})", say)
+    say(f"MAUVE in the {name} feature space")
+    mauve = metrics.mauve_score(synthetic_vectors, real_vectors, seed=seed,
+                                num_buckets=num_buckets)
+    mauve["encoder"] = name
+    mauve["features"] = f"{name}, {real_vectors.shape[1]} dimensions, unit norm"
+    mauve["real_vs_real"] = _real_reference(real_vectors, mauve["sample_size"], seed=seed,
+                                            num_buckets=num_buckets)
+    return mauve
 
 
 def sample_texts(synthetic: list[dict], label_column: str | None, seed: int) -> list[dict]:
@@ -238,6 +266,7 @@ def _downstream(column, synthetic, synthetic_vectors, pool, pool_vectors, test, 
     majority, share = metrics.majority_class(test_y)
     return {"trained_on_synthetic": on_synthetic, "trained_on_real": on_real,
             "majority_class": majority, "majority_class_accuracy": share,
+            "majority_class_balanced_accuracy": metrics.majority_balanced_accuracy(test_y),
             "test_size": len(test_y)}
 
 
@@ -292,6 +321,7 @@ def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
                    label_columns: Sequence[str] = (), synthetic_label_column: str | None = None,
                    text_column: str = "text", synthetic_text_column: str = "text",
                    encoder: str, encoder_sequence_length: int = 128, seed: int = 0,
+                   feature_encoder: str | None = None,
                    say: Callable[[str], None] | None = None) -> tuple[dict, dict]:
     """Reads the files, evaluates, writes the report into `output`: (result, {kind: path}).
 
@@ -313,6 +343,15 @@ def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
     if synthetic_label_column is not None and synthetic_label_column not in label_columns:
         raise data.InputError(f"--synthetic_label_column {synthetic_label_column!r} must be one "
                               "of the --label_column names")
+    if feature_encoder is not None:
+        from offline_models.loading import TINY_ENCODER, TINY_LM, feature_encoder_names
+
+        if feature_encoder not in feature_encoder_names() + [TINY_LM, TINY_ENCODER]:
+            raise data.InputError(f"unknown --feature_encoder {feature_encoder!r}: use one of "
+                                  f"{', '.join(feature_encoder_names())}")
+        if feature_encoder == encoder:
+            raise data.InputError(f"--feature_encoder {feature_encoder} is the --encoder: the "
+                                  "second feature space must be another model")
     if synthetic_embeddings is not None:
         synthetic_file, synthetic_vectors = _read_embeddings_file(synthetic_embeddings)
     else:
@@ -340,6 +379,17 @@ def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
 
     say(f"loading the encoder {encoder}")
     sentence_encoder = load_sentence_encoder(encoder, sequence_length=encoder_sequence_length)
+    second_encoder = None
+    if feature_encoder is not None:
+        from offline_models.loading import load_feature_encoder
+        from offline_models.registry import ModelNotPreparedError
+
+        say(f"loading the feature encoder {feature_encoder}")
+        try:
+            second_encoder = load_feature_encoder(feature_encoder,
+                                                  sequence_length=encoder_sequence_length)
+        except ModelNotPreparedError as error:
+            raise data.InputError(str(error)) from None
     private_records = None if private_file is None else private_file.records
     if synthetic_embeddings is not None:
         from evaluation.embeddings import evaluate_embeddings
@@ -356,14 +406,19 @@ def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
                                      seed=seed, private_records=private_records,
                                      synthetic_label_column=synthetic_label_column, say=say)
         synthetic_texts = None
+        if feature_encoder is not None:
+            result["mauve_feature_encoder"] = {"encoder": feature_encoder, "score": None,
+                                               "reason": "synthetic embeddings carry no text"}
     else:
         result = evaluate(synthetic_file.records, real_file.records, label_columns=label_columns,
                           encoder=sentence_encoder, seed=seed, private_records=private_records,
-                          synthetic_label_column=synthetic_label_column, say=say)
+                          synthetic_label_column=synthetic_label_column,
+                          feature_encoder=second_encoder, feature_encoder_name=feature_encoder,
+                          say=say)
         result["settings"].update(synthetic_text_column=synthetic_text_column)
         synthetic_texts = [r["text"] for r in synthetic_file.records]
     result["settings"].update(encoder=encoder, encoder_sequence_length=encoder_sequence_length,
-                              text_column=text_column)
+                              text_column=text_column, feature_encoder=feature_encoder)
     result["privacy"] = run_privacy(synthetic_file.files)
     result = {"inputs": {"synthetic": synthetic_file.summary(), "real": real_file.summary(),
                          "private": None if private_file is None else private_file.summary()},

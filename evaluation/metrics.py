@@ -2,7 +2,8 @@
 
 - `mauve_score`: MAUVE (Pillutla et al.) between two sets of sentence features, with the
   `mauve-text` package given precomputed features (no PyTorch needed).
-- `downstream_accuracy`: logistic regression trained on one labelled set, tested on another.
+- `downstream_accuracy`: logistic regression trained on one labelled set, tested on another,
+  with its accuracy and balanced accuracy.
 - `length_stats`, `label_distribution`, `total_variation`: the shape of the data.
 """
 
@@ -110,13 +111,34 @@ def majority_class(labels: Sequence[str]) -> tuple[str | None, float | None]:
     return label, counts[label] / len(labels)
 
 
+def balanced_accuracy(predicted: Sequence[str], truth: Sequence[str]) -> float | None:
+    """The mean over the true classes of the share of each class predicted right.
+
+    Unlike accuracy it does not reward a skewed test set: always answering one class scores
+    1 / (number of classes) however frequent that class is, so a classifier that merely
+    learned the label shares cannot pass for one that reads the texts.
+    """
+    predicted, truth = np.asarray(predicted, dtype=object), np.asarray(truth, dtype=object)
+    if not truth.size:
+        return None
+    recalls = [float(np.mean(predicted[truth == label] == label)) for label in set(truth)]
+    return float(np.mean(recalls))
+
+
+def majority_balanced_accuracy(labels: Sequence[str]) -> float | None:
+    """Balanced accuracy of always answering one class: 1 / (number of classes)."""
+    return 1.0 / len(set(labels)) if len(labels) else None
+
+
 def downstream_accuracy(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray,
                         test_y: Sequence[str], *, seed: int = 0) -> dict:
-    """Accuracy on (test_x, test_y) of a logistic regression fitted on (train_x, train_y).
+    """Accuracy and balanced accuracy on (test_x, test_y) of a logistic regression fitted on
+    (train_x, train_y).
 
     Never raises on degenerate labels: with no training rows, a single training class or no
-    test rows, "accuracy" is None and "reason" says why. Test classes that the training set
-    lacks are listed (those rows cannot be right) and the accuracy still counts them.
+    test rows, "accuracy" and "balanced_accuracy" are None and "reason" says why. Test classes
+    that the training set lacks are listed (those rows cannot be right) and both figures
+    still count them.
     """
     train_y, test_y = list(train_y), list(test_y)
     train_classes, test_classes = sorted(set(train_y)), sorted(set(test_y))
@@ -135,7 +157,7 @@ def downstream_accuracy(train_x: np.ndarray, train_y: Sequence[str], test_x: np.
     elif not test_y:
         reason = "no test records carry this label"
     if reason:
-        result.update(accuracy=None, reason=reason)
+        result.update(accuracy=None, balanced_accuracy=None, reason=reason)
         return result
     from sklearn.linear_model import LogisticRegression
 
@@ -143,6 +165,7 @@ def downstream_accuracy(train_x: np.ndarray, train_y: Sequence[str], test_x: np.
     classifier.fit(np.asarray(train_x, dtype=np.float64), np.asarray(train_y, dtype=object))
     predicted = classifier.predict(np.asarray(test_x, dtype=np.float64))
     result["accuracy"] = float(np.mean(predicted == np.asarray(test_y, dtype=object)))
+    result["balanced_accuracy"] = balanced_accuracy(predicted, test_y)
     return result
 
 

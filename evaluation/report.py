@@ -215,6 +215,8 @@ def figures(result: dict) -> list[Figure]:
             "from the real distribution itself scores at this size"
             if computed else reference.get("reason", ""),
             {"texts a side": reference["sample_size"]} if computed else {}))
+    if "mauve_feature_encoder" in result:
+        rows.extend(_second_space_figures(result["mauve_feature_encoder"], mauve))
     for column, entry in result.get("downstream", {}).items():
         for side in ("trained_on_synthetic", "trained_on_real"):
             part = entry[side]
@@ -234,6 +236,8 @@ def figures(result: dict) -> list[Figure]:
                            _number(entry["majority_class_accuracy"]),
                            f"always answering {entry['majority_class']!r}",
                            {"test records": entry["test_size"]}))
+        if "majority_class_balanced_accuracy" in entry:
+            rows.extend(_balanced_accuracy_figures(column, entry))
     for side in ("synthetic", "real") if "lengths" in result else ():   # no text, no lengths
         lengths = result["lengths"][side]
         rows.append(Figure(f"Mean length, {side}",
@@ -274,6 +278,49 @@ def figures(result: dict) -> list[Figure]:
     if privacy is not None and not privacy.get("runs"):
         rows.append(Figure("Formal epsilon of the run", "n/a",
                            f"no readable {PRIVACY_REPORT} beside the synthetic file"))
+    return rows
+
+
+def _second_space_figures(second: dict, first: dict) -> list[Figure]:
+    """MAUVE in the --feature_encoder's space, beside the main one: a method that optimises
+    in the run's encoder space (Private Evolution votes with it) can look better there than
+    in a space it never saw."""
+    name = second["encoder"]
+    if second.get("score") is None:
+        return [Figure(f"MAUVE, {name} features", "n/a", second.get("reason", ""))]
+    rows = [Figure(f"MAUVE, {name} features", _number(second["score"]),
+                   f"{second['sample_size']} texts a side, {second['num_buckets']} buckets, "
+                   f"in a second feature space ({second['features']}); the MAUVE above is "
+                   f"{_number(first.get('score'))} in the run's encoder space",
+                   {"texts a side": second["sample_size"]})]
+    reference = second.get("real_vs_real")
+    if reference:
+        computed = reference["score"] is not None
+        rows.append(Figure(
+            f"MAUVE, real vs real, {name} features", _number(reference["score"]),
+            f"two disjoint samples of {reference['sample_size']} real texts in the {name} space"
+            if computed else reference.get("reason", ""),
+            {"texts a side": reference["sample_size"]} if computed else {}))
+    return rows
+
+
+def _balanced_accuracy_figures(column: str, entry: dict) -> list[Figure]:
+    """Balanced accuracy of both classifiers and of the constant answer: on a skewed test set
+    plain accuracy can equal the majority share for every classifier, and this still moves."""
+    rows = []
+    for side in ("trained_on_synthetic", "trained_on_real"):
+        part = entry[side]
+        value = part.get("balanced_accuracy")
+        rows.append(Figure(f"Balanced accuracy {column}, {side.replace('_', ' ')}",
+                           _number(value),
+                           "mean over the test classes of the share of each class found"
+                           if value is not None else part.get("reason", ""),
+                           {"training records": part["train_size"],
+                            "test records": part["test_size"]} if value is not None else {}))
+    rows.append(Figure(f"Balanced accuracy {column}, majority class",
+                       _number(entry["majority_class_balanced_accuracy"]),
+                       "any constant answer: 1 / the number of test classes",
+                       {"test records": entry["test_size"]}))
     return rows
 
 

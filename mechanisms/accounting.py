@@ -567,3 +567,25 @@ def calibrate_gaussian_noise(*, target_epsilon: float, delta: float, releases: i
     return float(dp_accounting.calibrate_dp_mechanism(
         rdp_accountant, events, target_epsilon, delta,
         bracket_interval=dp_accounting.LowerEndpointAndGuess(tol, 1.0), tol=tol))
+
+
+def calibrate_median_clip(*, target_epsilon: float, delta: float, temperature: float,
+                          max_private_tokens: int,
+                          gaussian_noise_multipliers: Sequence[float] = (),
+                          tol: float = 1e-6) -> float:
+    """Largest clip c of the plain median rule whose FORMAL epsilon is <= target.
+
+    The formal charge takes the worst-case sensitivity 2c (the ex-post one is smaller and
+    data-dependent), so the clip that meets a target is about 2s times smaller than the
+    mean's at the same s: what the median costs when it must carry a guarantee without a
+    stability test."""
+    fixed = [dp_accounting.GaussianDpEvent(m) for m in gaussian_noise_multipliers]
+
+    def events(clip: float) -> dp_accounting.DpEvent:
+        tokens = token_entry("generation", rule="median", clip=clip, temperature=temperature,
+                             max_private_tokens=max_private_tokens)
+        return dp_accounting.ComposedDpEvent(fixed + [tokens.event])
+
+    return _largest_clip(events, target_epsilon, delta, tol,
+                         f"The stages that do not depend on the clip already cost epsilon >= "
+                         f"{target_epsilon:g} at delta = {delta:g}: add noise to them.")

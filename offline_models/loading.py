@@ -137,3 +137,24 @@ def load_sentence_encoder(reference: str, *, sequence_length: int = 128):
     embedder = keras_hub.models.TextEmbedder.from_preset(str(folder), preprocessor=preprocessor)
     return SentenceEncoder(embedder)
 
+
+
+def feature_encoder_names() -> list[str]:
+    """What `--feature_encoder` accepts: every known LM (mean-pooled last hidden state) and
+    every known sentence encoder."""
+    from offline_models import registry
+
+    return [*registry.KNOWN_LMS, *registry.KNOWN_ENCODERS]
+
+
+def load_feature_encoder(reference: str, *, sequence_length: int = 128):
+    """Something with `embed(texts)` and `dimension` for MAUVE's second feature space: an LM
+    name (known or the tiny one) gives `LanguageModelFeatures`, anything else is loaded as a
+    sentence encoder."""
+    from offline_models import registry
+
+    if reference in registry.KNOWN_LMS or reference == TINY_LM:
+        from offline_models.lm_features import LanguageModelFeatures
+
+        return LanguageModelFeatures(load_causal_lm(reference), sequence_length=sequence_length)
+    return load_sentence_encoder(reference, sequence_length=sequence_length)

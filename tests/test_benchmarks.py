@@ -4,7 +4,9 @@ between the runs whose figures docs/results.md reports."""
 import json
 import math
 
-from benchmarks import compare_methods, throughput
+import pytest
+
+from benchmarks import aggregator_bench, compare_methods, throughput
 from tests.pipeline_fixtures import write_reviews_csv
 
 
@@ -89,3 +91,82 @@ def test_throughput_prints_the_ratios(tmp_path, capsys):
                   if line.startswith("tiny-bert")]
     assert [int(r[1]) for r in stage_rows] == [50, 100]
     assert all(float(r[2]) > 0 and not math.isnan(float(r[3])) for r in stage_rows)
+
+
+def test_aggregator_bench_scores_every_rule_epsilon_k_and_s_on_the_tiny_lm(tmp_path, capsys):
+    data = _yelp_like(tmp_path / "yelp.csv", n=96)
+    out = tmp_path / "bench"
+    assert aggregator_bench.main(["--lm", "tiny-llama3", "--data", str(data), "--quick",
+                                  "--simulations", "20", "--output", str(out)]) == 0
+    saved = json.loads((out / "aggregator_bench.json").read_text())
+    rows = saved["rows"]
+    scored = {(r["rule"], r["epsilon"], r["top_k"], r["s"]) for r in rows}
+    assert scored == {(rule, epsilon, k, s)
+                      for rule in aggregator_bench.RULES for epsilon in (1.0, 3.0, 10.0)
+                      for k in (5, 20, 50) for s in (4, 8, 16)} | {
+        (bracket, None, k, s) for bracket in aggregator_bench.BRACKETS
+        for k in (5, 20, 50) for s in (4, 8, 16)}
+    for row in rows:
+        if row["kl"] is not None:
+            assert row["kl"] >= -1e-9 and 0.0 <= row["tv"] <= 1.0 + 1e-9
+        if row["rule"] == "median_ptr" and row["kl"] is not None:
+            assert 0.0 <= row["pass_rate"] <= 1.0
+        if row["rule"] == "gate" and row["kl"] is not None:
+            assert 0.0 <= row["private_share"] <= 1.0
+    # Cutting the reference to the kept tokens loses -log(kept mass): less as k grows.
+    cut = {r["top_k"]: r["kl"] for r in rows if r["rule"] == "top-k only" and r["s"] == 8}
+    assert cut[5] >= cut[20] >= cut[50] >= 0.0
+    # No rule restricted to the kept tokens can beat the reference cut to them in KL.
+    for row in rows:
+        if row["kl"] is not None and row["rule"] != "top-k only":
+            best = next(r["kl"] for r in rows if r["rule"] == "top-k only"
+                        and r["top_k"] == row["top_k"] and r["s"] == row["s"])
+            assert row["kl"] >= best - 1e-9
+    assert len(saved["crossover"]) == 9 and saved["settings"]["seeds"] == 32
+    assert (out / "aggregator_bench.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "crossover" in printed and "median_ptr @3" in printed
+
+    # The recording can be scored again without the LM, with the same figures.
+    again = tmp_path / "again"
+    assert aggregator_bench.main(["--from_recording", str(out / "recording.npz"), "--quick",
+                                  "--simulations", "20", "--output", str(again)]) == 0
+    assert json.loads((again / "aggregator_bench.json").read_text())["rows"] == rows
+
+    # The budget pins median_ptr's bound b, so b = 8c/s leaves a clip four times smaller.
+    wider = tmp_path / "wider"
+    assert aggregator_bench.main(["--from_recording", str(out / "recording.npz"), "--quick",
+                                  "--simulations", "20", "--ptr_bound_ratio", "8",
+                                  "--output", str(wider)]) == 0
+
+    def ptr_rows(rows):
+        return {(r["epsilon"], r["top_k"], r["s"]): r for r in rows if r["rule"] == "median_ptr"}
+
+    default, wide = ptr_rows(rows), ptr_rows(
+        json.loads((wider / "aggregator_bench.json").read_text())["rows"])
+    for key, row in default.items():
+        assert wide[key]["bound"] == pytest.approx(row["bound"], rel=1e-3)
+        assert wide[key]["clip"] == pytest.approx(row["clip"] / 4, rel=1e-3)
+
+
+def test_the_calibrated_clips_meet_the_epsilon_of_their_rule():
+    from mechanisms import accounting
+
+    for rule in aggregator_bench.RULES:
+        settings = aggregator_bench.calibrated_settings(
+            rule, epsilon=3.0, s=16, temperature=1.0, delta=1e-5, max_private_tokens=32)
+        assert settings["clip"] > 0
+    median = accounting.calibrate_median_clip(target_epsilon=3.0, delta=1e-5, temperature=1.0,
+                                              max_private_tokens=32)
+    entry = accounting.token_entry("generation", rule="median", clip=median, temperature=1.0,
+                                   max_private_tokens=32)
+    assert 2.9 <= accounting.events_epsilon([entry.event], 1e-5) <= 3.0 + 1e-6
+    # The formal median pays 2c where the mean pays c/s: a clip 2s times smaller.
+    mean = accounting.calibrate_mean_clip(target_epsilon=3.0, delta=1e-5,
+                                          expected_batch_size=16, temperature=1.0,
+                                          max_private_tokens=32)
+    assert mean / median == pytest.approx(2 * 16, rel=1e-3)
+    noise = aggregator_bench.gate_noise_for(0.75, s=16, delta=1e-5, max_private_tokens=32)
+    gate = accounting.gate_entry("gate", noise_scale=noise, expected_batch_size=16,
+                                 max_private_tokens=32)
+    assert accounting.events_epsilon([gate.event], 1e-5) == pytest.approx(0.75, rel=1e-3)

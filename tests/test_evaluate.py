@@ -72,6 +72,48 @@ def test_mauve_is_not_computed_on_too_few_texts():
     assert result["sample_size"] == 9 and "at least 10" in result["reason"]
 
 
+@pytest.fixture(scope="module")
+def tiny_lm_features():
+    from offline_models.loading import TINY_LM, load_feature_encoder
+
+    return load_feature_encoder(TINY_LM, sequence_length=32)
+
+
+def test_lm_features_are_unit_vectors_that_ignore_padding(tiny_lm_features):
+    texts = ["apple banana", "apple banana cherry grape melon peach pear plum lemon lime"]
+    together = tiny_lm_features.embed(texts)
+    alone = np.concatenate([tiny_lm_features.embed([t]) for t in texts])
+    assert together.shape == (2, tiny_lm_features.dimension)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(together, alone, atol=1e-5)   # padding takes no part
+
+
+def test_second_feature_space_mauve_sits_beside_the_encoders(tiny_encoder, tiny_lm_features):
+    """The evaluator's own sanity check of the second space: real against real is near 1,
+    text of another kind clearly lower, and the run's encoder figure is unchanged."""
+    real = _labelled(sentences(FRUIT, 80, seed=80), "fruit")
+    like_real = [{"text": t, "label": "fruit"} for t in sentences(FRUIT, 40, seed=81)]
+    unlike = [{"text": t, "label": "fruit"} for t in sentences(NOISE, 40, seed=82)]
+    common = dict(label_columns=["category"], encoder=tiny_encoder, seed=0,
+                  feature_encoder=tiny_lm_features, feature_encoder_name="tiny-llama3")
+
+    good = evaluate(like_real, real, **common)
+    bad = evaluate(unlike, real, **common)
+    plain = evaluate(like_real, real, label_columns=["category"], encoder=tiny_encoder, seed=0)
+
+    second = good["mauve_feature_encoder"]
+    assert second["encoder"] == "tiny-llama3" and second["sample_size"] == 40
+    assert second["features"].startswith("tiny-llama3, 32 dimensions")
+    assert second["real_vs_real"]["score"] > 0.8
+    assert second["score"] > 0.8
+    assert bad["mauve_feature_encoder"]["score"] < second["score"] - 0.4
+    assert good["mauve"] == plain["mauve"] and "mauve_feature_encoder" not in plain
+    console = dict((name, value) for name, value, _ in report.summary_rows(good))
+    assert console["MAUVE, tiny-llama3 features"] == f"{second['score']:.3f} [rough: only 40 " \
+        "texts a side, under 50]"
+    assert "MAUVE, real vs real, tiny-llama3 features" in console and "MAUVE" in console
+
+
 # ---------------------------------------------------------------------------- accuracy
 
 def test_downstream_accuracy_beats_chance_on_separable_data(tiny_encoder):
@@ -99,6 +141,45 @@ def test_downstream_accuracy_reports_degenerate_labels_instead_of_failing():
     assert missing["accuracy"] <= 2 / 3                   # the "c" row cannot be right
     assert missing["test_classes_missing_from_training"] == ["c"]
     assert missing["test_share_of_missing_classes"] == pytest.approx(1 / 3)
+
+
+def test_balanced_accuracy_averages_the_recall_of_each_true_class():
+    truth = ["a"] * 8 + ["b"] * 2
+    assert metrics.balanced_accuracy(["a"] * 10, truth) == pytest.approx(0.5)
+    assert metrics.balanced_accuracy(["a"] * 7 + ["b"] * 3, truth) == pytest.approx(
+        (7 / 8 + 2 / 2) / 2)
+    assert metrics.balanced_accuracy([], []) is None
+    assert metrics.majority_balanced_accuracy(["a", "a", "b", "c"]) == pytest.approx(1 / 3)
+    assert metrics.majority_balanced_accuracy([]) is None
+
+
+def test_balanced_accuracy_tells_label_shares_from_reading_the_texts(tiny_encoder):
+    """Trained on labels drawn at random with the real shares, a classifier's accuracy can
+    reach the majority share on a skewed test set; its balanced accuracy stays near 1 / classes,
+    while a classifier that reads the texts scores near 1 on both."""
+    real = (_labelled(sentences(FRUIT, 80, seed=70), "fruit")
+            + _labelled(sentences(NOISE, 20, seed=71), "noise"))
+    texts = sentences(FRUIT, 40, seed=72) + sentences(NOISE, 40, seed=73)
+    reading = [{"text": t, "label": "fruit" if i < 40 else "noise"} for i, t in enumerate(texts)]
+    shuffled_labels = np.random.default_rng(0).permutation(["fruit"] * 64 + ["noise"] * 16)
+    guessing = [{"text": t, "label": label} for t, label in zip(texts, shuffled_labels)]
+
+    good = evaluate(reading, real, label_columns=["category"], encoder=tiny_encoder, seed=0)
+    bad = evaluate(guessing, real, label_columns=["category"], encoder=tiny_encoder, seed=0)
+
+    for result in (good, bad):
+        downstream = result["downstream"]["category"]
+        assert downstream["majority_class_balanced_accuracy"] == 0.5
+        assert downstream["trained_on_real"]["balanced_accuracy"] is not None
+    good_part = good["downstream"]["category"]["trained_on_synthetic"]
+    bad_part = bad["downstream"]["category"]["trained_on_synthetic"]
+    assert good_part["balanced_accuracy"] > 0.8
+    assert bad_part["balanced_accuracy"] < 0.65
+    assert bad_part["balanced_accuracy"] < bad_part["accuracy"] - 0.1
+    console = dict((name, value) for name, value, _ in report.summary_rows(bad))
+    assert console["Balanced accuracy category, majority class"] == "0.500"
+    assert console["Balanced accuracy category, trained on synthetic"] == \
+        f"{bad_part['balanced_accuracy']:.3f}"
 
 
 # ---------------------------------------------------------------------------- shapes
@@ -333,6 +414,38 @@ def test_command_writes_json_and_self_contained_html(tmp_path, capsys):
     assert "data:image/png;base64," in page
     assert "MAUVE" in captured.out and "evaluation.html" in captured.out
     assert "embedding synthetic texts: 20/20" in captured.err
+
+
+def test_command_feature_encoder_adds_a_second_mauve_to_json_and_console(tmp_path, capsys):
+    real, synthetic = _command_inputs(tmp_path)
+    output = tmp_path / "report"
+    code = cli.main(["evaluate", "--synthetic", str(synthetic), "--real", str(real),
+                     "--label_column", "category", "--encoder", "tiny-bert",
+                     "--encoder_sequence_length", "32", "--feature_encoder", "tiny-llama3",
+                     "--output", str(output)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    saved = json.loads((output / "evaluation.json").read_text())
+    assert saved["settings"]["feature_encoder"] == "tiny-llama3"
+    second = saved["mauve_feature_encoder"]
+    assert second["encoder"] == "tiny-llama3" and second["sample_size"] == 20
+    assert 0.0 <= second["score"] <= 1.0
+    assert "MAUVE, tiny-llama3 features:" in captured.out
+    assert "MAUVE, tiny-llama3 features" in (output / "evaluation.html").read_text()
+
+
+@pytest.mark.parametrize("feature_encoder, expected", [
+    ("gpt-9", "unknown --feature_encoder 'gpt-9': use one of"),
+    ("tiny-bert", "is the --encoder"),
+])
+def test_command_feature_encoder_mistakes_are_one_line(tmp_path, capsys, feature_encoder,
+                                                       expected):
+    real, synthetic = _command_inputs(tmp_path)
+    code = cli.main(["evaluate", "--synthetic", str(synthetic), "--real", str(real),
+                     "--encoder", "tiny-bert", "--feature_encoder", feature_encoder,
+                     "--output", str(tmp_path / "report")])
+    error = capsys.readouterr().err
+    assert code == 2 and expected in error and "Traceback" not in error
 
 
 @pytest.mark.parametrize("problem, expected", [
@@ -784,3 +897,34 @@ def test_the_page_renders_in_chromium_with_the_banner_and_the_verdict_on_top(tmp
     assert len(banner) > 20 and banner.max() < 200                # across the top
     assert len(verdict_box) > 40 and banner.max() < verdict_box.min() < 400
     assert (image.sum(axis=2) < 200).sum() > 20000                # text was drawn
+
+
+# ---------------------------------------------------------------------------- LM feature space
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lm", ["smollm2-135m",
+                                pytest.param("gemma3-270m", marks=pytest.mark.gemma)])
+def test_lm_feature_space_tells_real_reviews_from_shuffled_ones(lm):
+    """The second feature space's own sanity check on 200 against 200 held-out Yelp reviews:
+    real against other real reviews scores near 1; the same reviews with their words shuffled
+    (same vocabulary, same lengths, no sentences) clearly lower."""
+    from evaluation.evaluate import second_space_mauve
+    from offline_models import registry
+    from offline_models.loading import load_feature_encoder
+
+    if not registry.is_prepared(lm):
+        pytest.fail(f"{lm} is not prepared: run `dpsynth models prepare --lm {lm}`")
+    with open(YELP_CSV, newline="", encoding="utf-8") as handle:
+        texts = [r["text"] for r in csv.DictReader(handle) if r["text"].strip()]
+    rng = np.random.default_rng(19)
+    chosen = [texts[i] for i in rng.choice(len(texts), 400, replace=False)]
+    real, held_out = chosen[:200], chosen[200:]
+    shuffled = [" ".join(rng.permutation(t.split())) for t in held_out]
+    features = load_feature_encoder(lm, sequence_length=64)
+
+    same = second_space_mauve(features, lm, held_out, real, seed=0)
+    scrambled = second_space_mauve(features, lm, shuffled, real, seed=0)
+
+    assert same["sample_size"] == 200 and same["num_buckets"] == 20
+    assert same["score"] > 0.8 and same["real_vs_real"]["score"] > 0.7
+    assert scrambled["score"] < same["score"] - 0.3

@@ -116,6 +116,9 @@ def readme_commands(text: str) -> list[list[str]]:
     commands = []
     for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.M | re.S):
         for command in re.sub(r"\\\n\s*", " ", block).splitlines():
+            # Transcripts and outputs share the blocks; only command lines are shell.
+            if not re.search(r"dpsynth\s+(run|plan)\b", command):
+                continue
             words = shlex.split(command, comments=True)
             for index, word in enumerate(words[:-1]):
                 if word.endswith("dpsynth") and words[index + 1] in ("run", "plan"):

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/tf_threads.py [--lm smollm2-135m] [--batches 8]
 
 Both take effect only when TensorFlow starts, so each setting runs
-`benchmarks/engine.py` (private loop only, no HF) in its own process; the
-default setting runs first and again last, which shows the drift of a shared
-machine between the runs.
+`benchmarks/engine.py` (private loop only, no HF) in its own process. The
+settings take turns for `--rounds` rounds, so that the drift of a shared
+machine shows as the spread within each setting.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ SETTINGS = (
     ("default", [], {}),
     ("intra-op 2, inter-op 1", ["--intra_op_threads", "2", "--inter_op_threads", "1"], {}),
     ("oneDNN off", [], {"TF_ENABLE_ONEDNN_OPTS": "0"}),
-    ("default again", [], {}),
 )
 
 
@@ -31,6 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lm", default="smollm2-135m")
     parser.add_argument("--batches", type=int, default=8, help="DP batches: 8 make one call")
     parser.add_argument("--data", default=None)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     common = [sys.executable, str(REPO / "benchmarks" / "engine.py"), "--lm", args.lm,
               "--batches", str(args.batches), "--no_hf", "--no_plain", "--matmul_size", "2048"]
@@ -38,7 +38,9 @@ def main(argv=None) -> int:
         common += ["--data", args.data]
     print("setting | wall s | prefill s | decode s | rest s | GFLOP/s | MFU % | TF matmul GFLOP/s")
     print(" | ".join(["---"] * 8))
-    for name, flags, environment in SETTINGS:
+    for round_number, (name, flags, environment) in (
+            (r, setting) for r in range(1, args.rounds + 1) for setting in SETTINGS):
+        name = f"{name} (round {round_number})"
         result = subprocess.run(common + flags, capture_output=True, text=True,
                                 env={**os.environ, **environment})
         if result.returncode != 0:

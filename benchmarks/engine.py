@@ -113,7 +113,8 @@ def main(argv=None) -> int:
         hf = hf_generate(args.lm, token_calls, args.new_tokens)
         hf_flops = sum(counter.call_flops([len(r) for r in call], args.new_tokens - 1)
                        for call in token_calls)
-        rows.append({"engine": f"HF generate() torch {hf['torch']}", "wall": hf["wall"],
+        rows.append({"engine": f"HF generate() torch {hf['torch']}, OMP {hf['omp_wait_policy']}",
+                     "wall": hf["wall"],
                      "prefill": hf["prefill"], "decode": hf["wall"] - hf["prefill"], "rest": 0.0,
                      "row_tokens": hf["row_tokens"], "synthetic": hf["row_tokens"],
                      "flops": hf_flops})
@@ -355,8 +356,14 @@ def hf_generate(lm_reference: str, token_calls, new_tokens: int) -> dict:
         job = Path(work) / "job.json"
         job.write_text(json.dumps({"model": str(folder), "calls": token_calls,
                                    "new_tokens": new_tokens, "top_k": TOP_K}))
+        # torch's OpenMP threads spin while they wait; on cores shared with other
+        # work a spinning thread holds a core that its partner needs, and an
+        # 8-row job took 20-30x longer than with passive waiting. TensorFlow's
+        # pool does not spin, so passive waiting is the like-for-like setting.
+        environment = {**os.environ,
+                       "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         result = subprocess.run([str(python), str(REPO / "benchmarks" / "hf_generate.py"),
-                                 str(job)], capture_output=True, text=True)
+                                 str(job)], capture_output=True, text=True, env=environment)
     if result.returncode != 0:
         raise RuntimeError(f"HF generate() failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -10,6 +10,7 @@ from the project. Reads a JSON job, prints one JSON result line:
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -66,9 +67,20 @@ def main(job_path: str) -> int:
         "wall": wall, "prefill": prefill, "row_tokens": tokens,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default").lower(),
+        "peak_rss_gb": _peak_rss_gb(),
     }))
     return 0
+
+
+def _peak_rss_gb() -> float:
+    """This process's own peak: getrusage's ru_maxrss keeps the parent's peak across
+    fork and exec, so it would report the benchmark's memory, not ours."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024 ** 2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
 if __name__ == "__main__":

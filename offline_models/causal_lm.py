@@ -10,7 +10,9 @@ Rows are LEFT-padded to a common prompt length, so that every row writes its
 next token at the same cache index and one compiled step serves all rows.
 Left padding shifts a row's positions by a constant; rotary position
 embeddings depend only on position differences, so attention scores are
-unchanged, and the padded keys are masked out of every query.
+unchanged, and the padded keys are masked out of every query. Gemma 3's
+sliding-window layers bound the same difference, so left padding leaves
+their windows unchanged too.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class CausalLanguageModel:
     """Serves last-position logits of a keras-hub CausalLM, recomputed or cached.
 
     `cached=None` uses the KV cache when the architecture supports it (the
-    Llama family) and full recomputation otherwise; both give the same logits.
+    Llama family and text-only Gemma 3) and full recomputation otherwise; both
+    give the same logits.
     """
 
     def __init__(self, keras_causal_lm, *, cached: bool | None = None,
@@ -86,9 +89,13 @@ class CausalLanguageModel:
         # Decoding steps repeat one shape many times: worth an XLA compilation.
         # Prefill shapes change with every batch of prompts, and a compilation
         # of the whole model costs more than XLA saves on one call.
-        self._decode_step = tf.function(self._decode_step_eager, jit_compile=jit_compile)
-        self._prefill_forward = tf.function(self._cached_forward_eager, jit_compile=False,
-                                            reduce_retracing=True)
+        gemma = self._is_gemma3()
+        self._decode_step = tf.function(
+            self._gemma3_decode_step_eager if gemma else self._decode_step_eager,
+            jit_compile=jit_compile)
+        self._prefill_forward = tf.function(
+            self._gemma3_prefill_eager if gemma else self._cached_forward_eager,
+            jit_compile=False, reduce_retracing=True)
 
     # --- text ----------------------------------------------------------------
 
@@ -288,15 +295,136 @@ class CausalLanguageModel:
         hidden = self.backbone.layer_norm(x[:, -1, :])
         return self.backbone.token_embedding(hidden, reverse=True), updated
 
+    # --- Gemma 3 -------------------------------------------------------------
+    #
+    # keras-hub's Gemma 3 decoder block takes a padding mask only as long as its
+    # own input, not one over the whole cache, so left-padded rows cannot go
+    # through its cached call. These functions redo its arithmetic (query/key
+    # norms, two RoPE wavelengths, post-attention and post-feedforward norms,
+    # sliding windows) with an explicit mask over the cache.
+
+    def _gemma3_prefill_eager(self, token_ids, caches, key_mask, start_index):
+        """Reads a chunk of left-padded prompts that ends at the prompt window's end.
+
+        Rows of a chunk hold no earlier tokens, so the chunk's queries attend to
+        the chunk's own keys only, not to the whole (empty) cache.
+        """
+        tf = self._tf
+        x = self._gemma3_embed(token_ids)
+        length = tf.shape(token_ids)[1]
+        positions = start_index + tf.range(length)
+        chunk_mask = key_mask[:, start_index:start_index + length]
+        visible = self._gemma3_visibility(chunk_mask, positions, positions)
+        updated = []
+        for layer, cache in zip(self.backbone.transformer_layers, caches):
+            hidden = layer.pre_attention_norm(x)
+            query, key, value = self._gemma3_projections(layer.attention, hidden, start_index)
+            after = tf.shape(cache)[2] - start_index - length
+            updated.append(tf.pad(tf.stack([key, value], axis=1),
+                                  [[0, 0], [0, 0], [start_index, after], [0, 0], [0, 0]]))
+            x = self._gemma3_block_rest(layer, x, query, key, value,
+                                        visible[layer.attention.use_sliding_window_attention])
+        hidden = self.backbone.layer_norm(x[:, -1, :])
+        return self.backbone.token_embedding(hidden, reverse=True), updated
+
+    def _gemma3_decode_step_eager(self, token_ids, cache_variables, key_mask, start_index):
+        """One token per row through every Gemma 3 block, the cache updated in place."""
+        tf = self._tf
+        x = self._gemma3_embed(token_ids)                              # (rows, 1, hidden)
+        rows = tf.shape(token_ids)[0]
+        visible = self._gemma3_visibility(key_mask, start_index[None],
+                                          tf.range(tf.shape(key_mask)[1]))
+        row_index = tf.range(rows)
+        at = tf.fill([rows], start_index)
+        slots = tf.concat([tf.stack([row_index, tf.zeros_like(row_index), at], axis=1),
+                           tf.stack([row_index, tf.ones_like(row_index), at], axis=1)], axis=0)
+        for layer, cache in zip(self.backbone.transformer_layers, cache_variables):
+            hidden = layer.pre_attention_norm(x)
+            query, key, value = self._gemma3_projections(layer.attention, hidden, start_index)
+            cache.scatter_nd_update(slots, tf.concat([key[:, 0], value[:, 0]], axis=0))
+            x = self._gemma3_block_rest(layer, x, query, cache[:, 0], cache[:, 1],
+                                        visible[layer.attention.use_sliding_window_attention])
+        hidden = self.backbone.layer_norm(x[:, -1, :])
+        return self.backbone.token_embedding(hidden, reverse=True)
+
+    def _gemma3_embed(self, token_ids):
+        tf = self._tf
+        x = self.backbone.token_embedding(token_ids)
+        return x * tf.cast(tf.sqrt(float(self.backbone.hidden_dim)), x.dtype)
+
+    def _gemma3_visibility(self, key_mask, query_positions, key_positions):
+        """{sliding: (rows, queries, keys)} which keys each query may attend to.
+
+        A key is visible when it is a real token at or before the query; in a
+        sliding-window layer also less than the window behind it, as keras-hub's
+        band of width window - 1 has it.
+        """
+        tf = self._tf
+        distance = query_positions[:, None] - key_positions[None, :]     # (queries, keys)
+        causal = tf.logical_and(key_mask[:, None, :] > 0, (distance >= 0)[None])
+        window = self.backbone.sliding_window_size
+        return {False: causal,
+                True: tf.logical_and(causal, (distance < window)[None])}
+
+    def _gemma3_projections(self, attention, hidden, start_index):
+        query = attention.query_dense(hidden)
+        key = attention.key_dense(hidden)
+        if attention.use_query_key_norm:
+            query = attention.query_norm(query)
+            key = attention.key_norm(key)
+        return (attention.rope_layer(query, start_index=start_index),
+                attention.rope_layer(key, start_index=start_index),
+                attention.value_dense(hidden))
+
+    def _gemma3_block_rest(self, layer, x, query, keys, values, visible):
+        """Attention of `query` (rows, queries, heads, dim) over `keys` and `values`
+        (rows, keys, kv heads, dim) where `visible`, then the feedforward half."""
+        tf = self._tf
+        attention = layer.attention
+        if attention.query_head_dim_normalize:
+            scale = 1.0 / np.sqrt(attention.head_dim)
+        else:
+            scale = 1.0 / np.sqrt(attention.hidden_dim // attention.num_query_heads)
+        rows, length = tf.shape(query)[0], tf.shape(query)[1]
+        heads, groups = attention.num_key_value_heads, attention.num_key_value_groups
+        grouped = tf.reshape(query * scale, (rows, length, heads, groups, attention.head_dim))
+        scores = tf.einsum("bqkgd,btkd->bkgqt", grouped, keys)
+        if attention.logit_soft_cap is not None:
+            cap = attention.logit_soft_cap
+            scores = tf.tanh(scores / cap) * cap
+        scores = tf.where(visible[:, None, None], scores, tf.cast(-1e9, scores.dtype))
+        weights = tf.nn.softmax(scores, axis=-1)
+        attended = tf.einsum("bkgqt,btkd->bqkgd", weights, values)
+        attended = tf.reshape(attended, (rows, length, heads * groups, attention.head_dim))
+        attended = attention.output_dense(attended)
+        if layer.use_post_attention_norm:
+            attended = layer.post_attention_norm(attended)
+        x = x + attended
+        hidden = layer.pre_ffw_norm(x)
+        feedforward = layer.ffw_linear(
+            tf.nn.gelu(layer.gating_ffw(hidden), approximate=True) * layer.gating_ffw_2(hidden))
+        if layer.use_post_ffw_norm:
+            feedforward = layer.post_ffw_norm(feedforward)
+        return x + feedforward
+
+    # --- architecture ----------------------------------------------------------
+
     def _layer_cache_shape(self, rows, cache_length):
         backbone = self.backbone
-        head_dim = backbone.hidden_dim // backbone.num_query_heads
+        head_dim = (backbone.head_dim if self._is_gemma3()
+                    else backbone.hidden_dim // backbone.num_query_heads)
         return (rows, 2, cache_length, backbone.num_key_value_heads, head_dim)
+
+    def _is_gemma3(self) -> bool:
+        from keras_hub.src.models.gemma3.gemma3_backbone import Gemma3Backbone
+
+        return (isinstance(self.backbone, Gemma3Backbone)
+                and getattr(self.backbone, "vision_encoder", None) is None)
 
     def _supports_cache(self) -> bool:
         from keras_hub.src.models.llama.llama_backbone import LlamaBackbone
 
-        return isinstance(self.backbone, LlamaBackbone)
+        return isinstance(self.backbone, LlamaBackbone) or self._is_gemma3()
 
     def _end_token_ids(self) -> frozenset:
         ids = set()

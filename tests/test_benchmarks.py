@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from benchmarks import aggregator_bench, compare_methods, throughput
+from benchmarks import aggregator_bench, compare_methods, engine, throughput
 from tests.pipeline_fixtures import write_reviews_csv
 
 
@@ -170,3 +170,37 @@ def test_the_calibrated_clips_meet_the_epsilon_of_their_rule():
     gate = accounting.gate_entry("gate", noise_scale=noise, expected_batch_size=16,
                                  max_private_tokens=32)
     assert accounting.events_epsilon([gate.event], 1e-5) == pytest.approx(0.75, rel=1e-3)
+
+
+def test_engine_quick_prints_the_table_with_every_column(tmp_path, capsys):
+    data = _yelp_like(tmp_path / "yelp.csv", n=16)
+    assert engine.main(["--lm", "tiny-llama3", "--data", str(data), "--quick"]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    header = lines.index(" | ".join(engine.COLUMNS))
+    rows = [line.split(" | ") for line in lines[header + 2:header + 4]]
+    assert [r[0] for r in rows] == ["our private loop", "our plain generation"]
+    column = {name: i for i, name in enumerate(engine.COLUMNS)}
+    for row in rows:
+        assert len(row) == len(engine.COLUMNS)
+        wall, prefill, decode, rest = (float(row[column[c]]) for c in
+                                       ("wall s", "prefill s", "decode s", "rest s"))
+        assert wall > 0 and min(prefill, decode) >= 0
+        assert abs(prefill + decode + rest - wall) <= 0.021  # each rounded to 0.01 s
+        assert float(row[column["GFLOP/s"]]) > 0 and float(row[column["MFU %"]]) >= 0
+        assert row[column["HF s / this s"]] == "-"  # --quick skips the HF venv
+    # One call of 2 batches x (4 seeds + the public prompt): the prompts, then 3 tokens fed back.
+    assert int(rows[1][column["row-tokens"]]) == 10 * 4
+    assert int(rows[1][column["synthetic tokens"]]) <= 10 * 4
+    assert "matmul peak: numpy" in printed and "peak RSS: this process" in printed
+
+
+def test_engine_flop_count_matches_the_arithmetic(tiny_lm):
+    counter = engine.FlopCounter(tiny_lm)
+    backbone = tiny_lm.backbone
+    embeddings = backbone.vocabulary_size * backbone.hidden_dim
+    assert counter.per_token == 2 * (backbone.count_params() - embeddings
+                                     - backbone.layer_norm.count_params())
+    # A 3-token prompt then 2 decoded tokens: 5 token passes, 3 heads, keys 1+2+3+4+5.
+    assert counter.call_flops([3], 2) == (5 * counter.per_token + 3 * counter.head
+                                          + counter.per_key * backbone.num_layers * 15)

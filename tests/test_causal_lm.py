@@ -33,6 +33,72 @@ def test_cached_decoding_matches_recomputation_for_mixed_prompt_lengths(tiny_lm)
     assert _cached_vs_recomputed(tiny_lm, MIXED_PROMPTS, steps=6) <= 1e-3
 
 
+TINY_GEMMA3_WINDOW = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3_lm():
+    """A random 6-layer Gemma 3 (5 sliding-window layers, then a global one) whose
+    window is shorter than every prompt here, so both kinds of layer matter."""
+    import io
+
+    import keras
+    import keras_hub
+    import sentencepiece
+
+    keras.utils.set_random_seed(0)
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(MIXED_PROMPTS * 20), model_writer=proto, vocab_size=60,
+        model_type="bpe", hard_vocab_limit=False, minloglevel=2,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>")
+    tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto.getvalue(), has_vision_tokens=False)
+    backbone = keras_hub.models.Gemma3Backbone(
+        vocabulary_size=tokenizer.vocabulary_size(), image_size=896, num_layers=6,
+        num_query_heads=4, num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
+        head_dim=16, query_head_dim_normalize=True, use_query_key_norm=True,
+        use_post_ffw_norm=True, use_post_attention_norm=True, attention_logit_soft_cap=None,
+        final_logit_soft_cap=None, use_sliding_window_attention=True,
+        sliding_window_size=TINY_GEMMA3_WINDOW, vision_encoder=None, dtype="float32")
+    embeddings = backbone.token_embedding.embeddings
+    embeddings.assign(np.random.default_rng(0).normal(0, 1, embeddings.shape).astype("float32"))
+    preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer=tokenizer,
+                                                              sequence_length=64)
+    return CausalLanguageModel(keras_hub.models.Gemma3CausalLM(backbone=backbone,
+                                                               preprocessor=preprocessor))
+
+
+def test_gemma3_cached_decoding_matches_recomputation_across_sliding_windows(tiny_gemma3_lm):
+    lm = tiny_gemma3_lm
+    assert lm.cached
+    sliding = [layer.attention.use_sliding_window_attention
+               for layer in lm.backbone.transformer_layers]
+    assert sliding == [True] * 5 + [False]
+    lengths = [len(lm.encode(p)) for p in MIXED_PROMPTS]
+    assert len(set(lengths)) == len(lengths) and min(lengths) <= TINY_GEMMA3_WINDOW < max(lengths)
+    # More rows than one prefill chunk, so chunks of different lengths meet in one cache.
+    prompts = MIXED_PROMPTS * 3
+    assert _cached_vs_recomputed(lm, prompts, steps=6) <= 1e-3
+
+
+def test_gemma3_window_changes_the_logits(tiny_gemma3_lm):
+    """The window bites in this tiny model, so the test above would see it misapplied."""
+    lm = tiny_gemma3_lm
+    tokens = np.array([lm.encode(MIXED_PROMPTS[2])])
+    inputs = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
+    attentions = [layer.attention for layer in lm.backbone.transformer_layers]
+    narrow = np.asarray(lm.backbone(inputs))[0, -1]
+    for attention in attentions:
+        attention.sliding_window_size = 10_000
+    try:
+        wide = np.asarray(lm.backbone(inputs))[0, -1]
+    finally:
+        for attention in attentions:
+            attention.sliding_window_size = TINY_GEMMA3_WINDOW
+    assert np.abs(wide - narrow).max() > 1e-2
+
+
 def test_recomputation_equals_unpadded_single_row_forward(tiny_lm):
     import keras
 

@@ -59,7 +59,7 @@ def test_gemma3_serves_logits_and_generation_through_the_runtime():
     from offline_models.loading import load_causal_lm
 
     lm = load_causal_lm("gemma3-270m")
-    assert lm.vocabulary_size == 262144 and not lm.cached  # recomputed: no Gemma cache here
+    assert lm.vocabulary_size == 262144 and lm.cached
     prompt = lm.encode("The capital of France is the city of")
     logits = lm.next_token_logits([prompt, lm.encode("Hello")])
     assert logits.shape == (2, 262144)
@@ -92,3 +92,15 @@ def test_real_models_end_to_end(tmp_path):
     assert sum(len(line["text"].split()) for line in lines) >= len(lines)  # real words came out
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["ex_post"]["generation"]["total_epsilon"]["max"] <= report["formal_epsilon"]
+
+
+@pytest.mark.gemma
+def test_gemma3_cached_decoding_matches_recomputation_past_its_sliding_window():
+    from offline_models.loading import load_causal_lm
+
+    lm = load_causal_lm("gemma3-270m")
+    window = lm.backbone.sliding_window_size
+    long_prompt = " ".join(f"Review {i}: the soup was hot and the staff were kind."
+                           for i in range(60))
+    assert len(lm.encode(long_prompt)) > window > max(len(lm.encode(p)) for p in MIXED_PROMPTS)
+    assert _cached_vs_recomputed(lm, MIXED_PROMPTS + [long_prompt], steps=5) <= 1e-3

@@ -33,6 +33,22 @@ def run_smoke(*, lm: str, encoder: str, max_new_tokens: int) -> dict:
     print(f"LM {lm} ({'KV-cached' if language_model.cached else 'recomputed'} decoding), "
           f"greedy, {len(result.token_ids)} new tokens:")
     print(f"  {PROMPT!r} -> {continuation!r}")
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    peak_gb = _peak_rss_gb()
     print(f"Done in {time.time() - started:.1f} s, peak RSS {peak_gb:.2f} GB")
     return {"similarities": vectors @ vectors.T, "continuation": continuation, "peak_rss_gb": peak_gb}
+
+
+def _peak_rss_gb() -> float:
+    """This process's own peak RSS. Linux's ru_maxrss also keeps the high-water mark of
+    the memory image a process had before exec, so a command started from a large
+    process (a test runner holding models) would report the parent's size; VmHWM
+    belongs to the current image only."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+

@@ -15,6 +15,13 @@ NO_BATCH_NOTE = ("No batch was planned: every cluster's noisy count was below --
                  "--batch_size.")
 
 
+RUNNER_DEPENDENT_NOTE = (
+    "The ex-post figures are computed from each batch's logits, whose last bits can "
+    "depend on the runner, its thread count and which batches share a model call: the "
+    "same run secret can give slightly different ex-post figures, and tokens, on another "
+    "runner (docs/dask.md). The formal epsilon does not depend on them.")
+
+
 def privacy_report(ledger, synthetic_records, *, generation_stage: str, parameters: dict,
                    planned_batches: int | None = None,
                    lifetime_budget: dict | None = None) -> tuple[dict, str]:
@@ -34,6 +41,8 @@ def privacy_report(ledger, synthetic_records, *, generation_stage: str, paramete
     notes = []
     if planned_batches == 0:
         notes.append(NO_BATCH_NOTE)
+    if any(entry.ex_post_replaceable for entry in ledger.entries):
+        notes.append(RUNNER_DEPENDENT_NOTE)
     report["notes"] = notes
     markdown = ledger.to_markdown()
     if lifetime_budget:

@@ -19,6 +19,7 @@ guarantee with the run's own synthetic output (the measurements: evaluation/audi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -247,11 +248,9 @@ def _sample_units(usable: list, max_records: int, seed: int) -> list:
     """About `max_records` of the records, whole privacy units drawn at random with the
     audit's seed (never the first rows: which units the audit studies must not depend
     on where they sit in the file), in file and row order."""
-    groups = list(dict.fromkeys(_group(record) for record, _ in usable))
+    sizes = collections.Counter(_group(record) for record, _ in usable)
+    groups = list(sizes)    # first-seen order, so the seed alone decides the draw
     order = np.random.default_rng([seed, 0xCA9]).permutation(len(groups))
-    sizes: dict = {}
-    for record, _ in usable:
-        sizes[_group(record)] = sizes.get(_group(record), 0) + 1
     chosen, total = set(), 0
     for index in order:
         if total >= max_records:

@@ -13,13 +13,13 @@ import uuid
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from beam_pipeline.progress import PROGRESS_EVERY_SECONDS
 from mechanisms.generate import GenerationConfig, PrivateTokenChooser
 from offline_models.joint_decoding import GenerationRequest
 from transforms.model_handlers import GenerateInFixedCalls
 from transforms.read import NAMESPACE
 
 _LOG = logging.getLogger(__name__)
-PROGRESS_EVERY_SECONDS = 10.0
 # A model call that raises is run again: the embedded runner (FnApiRunner)
 # never retries a failed bundle, so one transient failure would end the job.
 GENERATION_CALL_ATTEMPTS = 3

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from mechanisms import release_embeddings as lib
@@ -177,7 +178,6 @@ def write_embeddings(path: str, vectors: np.ndarray, labels: Sequence,
     """Writes .npz (arrays `embeddings` float32 (N, D), `labels` str with "" for no label,
     `clusters` int64) or .parquet (columns `embedding` list<float32>, `label` string or null,
     `cluster` int64), by the extension, through Beam's FileSystems (local or gs://)."""
-    from apache_beam.io.filesystems import FileSystems
 
     data = embeddings_bytes(format_of(path), vectors, labels, clusters)
     with FileSystems.create(path, mime_type="application/octet-stream") as handle:
@@ -188,7 +188,6 @@ def write_embeddings(path: str, vectors: np.ndarray, labels: Sequence,
 def read_embeddings(path: str) -> tuple[np.ndarray, list]:
     """(vectors float32 (N, D), labels with None for no label) of a file `write_embeddings`
     wrote; EmbeddingsFileError (one line) when the file is missing, unreadable or malformed."""
-    from apache_beam.io.filesystems import FileSystems
 
     file_format = format_of(path)
     try:

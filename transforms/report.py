@@ -17,9 +17,9 @@ NO_BATCH_NOTE = ("No batch was planned: every cluster's noisy count was below --
 
 RUNNER_DEPENDENT_NOTE = (
     "The ex-post figures are computed from each batch's logits, whose last bits can "
-    "depend on the runner, its thread count and which batches share a model call: the "
-    "same run secret can give slightly different ex-post figures, and tokens, on another "
-    "runner (docs/dask.md). The formal epsilon does not depend on them.")
+    "differ between runners and worker processes: the same run secret can give slightly "
+    "different ex-post figures, and tokens, on another runner (docs/dask.md). The formal "
+    "epsilon does not depend on them.")
 
 
 def privacy_report(ledger, synthetic_records, *, generation_stage: str, parameters: dict,

@@ -13,9 +13,22 @@ calibrated to each formal epsilon of --epsilons, the median rows report their
 ex-post epsilon beside their data-independent bound, and the non-private row
 samples one continuation per seed prompt with the same LM (epsilon = infinity).
 
+Every row is scored by MAUVE in two feature spaces: the run's --encoder (the one
+Private Evolution votes with) and --feature_encoder (by default Gemma 3 270M's
+mean-pooled last hidden state, which no method uses), each beside its
+real-vs-real reference at the same sample size; and by category accuracy and
+balanced accuracy of a classifier trained on the synthetic records.
+
+--seeds runs every requested row once per seed; a seed fixes the data shuffle
+(so the private part and the held-out part), the run secret and every sampling
+draw. The table shows the mean and standard deviation over the seeds of a row.
+A long grid runs in parts: each part names its --methods, --epsilons and
+--seeds, and --keep_rows_from merges the rows of earlier parts.
+
 Writes <output>/compare.json (every row with its privacy report summary and
-evaluation), <output>/compare.png (MAUVE and accuracy against epsilon) and
-prints one table.
+evaluation), <output>/compare.png (MAUVE in both spaces and balanced accuracy
+against epsilon, with the seeds' standard deviation as error bars) and prints
+one table.
 """
 
 from __future__ import annotations
@@ -26,8 +39,11 @@ import json
 import math
 import random
 import sys
+import statistics
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -43,7 +59,9 @@ PTR_BOUND_RATIO = 2.0          # b = 2 c / s
 PTR_SVT_SHARE = 0.25           # the stability test's epsilon, as a share of the target
 # Private Evolution: T rounds over a population of M texts; the vote threshold is one
 # noise standard deviation, so a member needs votes to beat noise alone most of the time.
-PE_ROUNDS, PE_POPULATION = 3, 32
+# M is n / s, as many texts as a logit-aggregation row writes, and at least PE_MIN_POPULATION
+# so that every one of the 10 categories keeps members.
+PE_ROUNDS, PE_MIN_POPULATION = 3, 32
 # DP synthetic embeddings: one noise sigma for every release; dp_kmeans with K centres per
 # label and R Lloyd rounds (uniform: one Gaussian per label, no k-means).
 EMBEDDING_CLUSTERS, EMBEDDING_ROUNDS = 2, 2
@@ -52,6 +70,10 @@ METHODS = ("uniform+mean", "public_centers+mean", "public_centers+median",
            "uniform+embeddings", "dp_kmeans+embeddings", "public_prompt", "non_private")
 CALIBRATED = ("+mean", "+median_ptr", "private_evolution", "+embeddings")
 NOISE_CALIBRATED = ("private_evolution", "uniform+embeddings", "dp_kmeans+embeddings")
+# The rows that compare the methods a user picks from; the embedding rows are on request.
+DEFAULT_METHODS = ("uniform+mean", "public_centers+mean", "public_centers+median",
+                   "public_centers+median_ptr", "private_evolution", "public_prompt",
+                   "non_private")
 
 
 def main(argv=None) -> int:
@@ -61,34 +83,46 @@ def main(argv=None) -> int:
         print(_table(rows))
         _plot(rows, Path(args.table_from).with_suffix(".png"))
         return 0
+    requested = args.methods.split(",")
+    unknown = [method for method in requested if method not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        epsilons = [float(epsilon) for epsilon in args.epsilons.split(",")]
+    except ValueError as error:
+        raise SystemExit(f"--seeds takes integers and --epsilons numbers: {error}") from None
+    planned = [(method, target, seed) for seed in seeds for method in requested
+               for target in (epsilons if method.endswith(CALIBRATED) else [None])]
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    private_path, real_rows = _split(args, output)
     delta = args.delta or 1.0 / args.private_records ** 1.1
-    print(f"private part: {args.private_records} records ({private_path}); real held-out: "
-          f"{len(real_rows)} records; delta = {delta:.3g}; lm {args.lm}, encoder {args.encoder}")
+    feature_name = None if args.feature_encoder in ("", "none") else args.feature_encoder
+    print(f"{len(planned)} runs: {args.private_records} private records and "
+          f"{args.real_records} held-out a seed (seeds {args.seeds}); delta = {delta:.3g}; "
+          f"lm {args.lm}, encoder {args.encoder}, second feature space {feature_name}")
 
-    from offline_models.loading import load_sentence_encoder
-    encoder = load_sentence_encoder(args.encoder, sequence_length=128)
-    private_rows = _read_csv(private_path)
-
-    requested = args.methods.split(",")
     kept = []
     if args.keep_rows_from:
-        kept = [row for row in _rows_of(Path(args.keep_rows_from))
-                if row["method"] not in requested]
-        print(f"kept {len(kept)} rows of other methods from {args.keep_rows_from}")
+        keys = {(m, t, s) for m, t, s in planned}
+        kept = [row for row in _rows_of(Path(args.keep_rows_from)) if _key(row) not in keys]
+        print(f"kept {len(kept)} rows of {args.keep_rows_from}")
+
+    from offline_models.loading import load_feature_encoder, load_sentence_encoder
+    encoder = MemoisedEncoder(load_sentence_encoder(args.encoder, sequence_length=128))
+    feature_encoder = (None if feature_name is None else
+                       MemoisedEncoder(load_feature_encoder(feature_name, sequence_length=128)))
     rows = []
-    for method in requested:
-        if method not in METHODS:
-            raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        targets = ([float(e) for e in args.epsilons.split(",")]
-                   if method.endswith(CALIBRATED) else [None])
-        for target in targets:
-            row = _run_method(method, target, args=args, delta=delta, output=output,
+    for seed in seeds:
+        private_path, real_rows = _split(args, output, seed)
+        private_rows = _read_csv(private_path)
+        for method, target, row_seed in planned:
+            if row_seed != seed:
+                continue
+            row = _run_method(method, target, seed=seed, args=args, delta=delta, output=output,
                               private_path=private_path, private_rows=private_rows)
             row.update(_quality(row.pop("synthetic"), real_rows, private_rows, encoder,
-                                seed=args.seed))
+                                feature_encoder, feature_name, seed=seed))
             rows.append(row)
             print(_format_row(row), flush=True)
             _write(output, args, delta, _in_method_order(kept + rows))
@@ -101,10 +135,38 @@ def main(argv=None) -> int:
     return 0
 
 
+class MemoisedEncoder:
+    """An encoder that embeds each distinct text once: the held-out texts of a seed are
+    scored against every row, and the second feature space is an LM forward pass."""
+
+    def __init__(self, encoder):
+        self._encoder = encoder
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def embed(self, texts):
+        texts = list(texts)
+        missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
+        if missing:
+            for text, vector in zip(missing, np.asarray(self._encoder.embed(missing))):
+                self._vectors[text] = vector
+        if not texts:
+            return np.asarray(self._encoder.embed([]))
+        return np.stack([self._vectors[text] for text in texts])
+
+
+def _key(row) -> tuple:
+    return row["method"], row["epsilon_target"], row.get("seed", 0)
+
+
 def _rows_of(path: Path) -> list[dict]:
     """The rows of an earlier compare.json, as `main` holds them."""
-    rows = json.loads(path.read_text())["rows"]
+    saved = json.loads(path.read_text())
+    rows = saved["rows"]
     for row in rows:
+        row.setdefault("seed", saved.get("settings", {}).get("seed", 0))
         reference = (row.get("evaluation", {}).get("mauve", {}).get("real_vs_real") or {})
         row.setdefault("mauve_real_vs_real", reference.get("score"))
         if row["epsilon_formal"] == "inf":
@@ -116,25 +178,34 @@ def _in_method_order(rows: list[dict]) -> list[dict]:
     def position(row):
         method = row["method"]
         return (METHODS.index(method) if method in METHODS else len(METHODS),
-                row["epsilon_target"] or 0)
+                row["epsilon_target"] or 0, row.get("seed", 0))
     return sorted(rows, key=position)
 
 
 def _parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_INPUT), help="the Yelp CSV")
-    parser.add_argument("--private_records", type=int, default=256)
-    parser.add_argument("--real_records", type=int, default=256)
+    parser.add_argument("--private_records", type=int, default=1800,
+                        help="private input of every run; n / s of them is the number of "
+                             "texts a row writes (225 at the default)")
+    parser.add_argument("--real_records", type=int, default=600,
+                        help="held-out real reviews: MAUVE's reference (at least twice the "
+                             "texts of a row, for the real-vs-real score) and the test set")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--max_chars", type=int, default=500,
                         help="longest seed text in a prompt (longer ones are truncated)")
     parser.add_argument("--epsilons", default="1,3,10")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--delta", type=float, default=None,
                         help="default 1 / n^1.1 for n private records")
     parser.add_argument("--lm", default="smollm2-135m")
     parser.add_argument("--encoder", default="minilm-l6")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--feature_encoder", default="gemma3-270m",
+                        help="MAUVE's second feature space, one no method uses ('none': skip)")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated; each seed reruns every row on its own shuffle, "
+                             "run secret and sampling draws")
     parser.add_argument("--output", default=str(REPO / "results"))
     parser.add_argument("--embeddings_samples", type=int, default=None,
                         help="synthetic embeddings drawn by the embedding methods (default "
@@ -155,14 +226,15 @@ def _read_csv(path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def _split(args, output: Path):
+def _split(args, output: Path, seed: int):
     rows = _read_csv(args.data)
-    random.Random(args.seed).shuffle(rows)
+    random.Random(seed).shuffle(rows)
     needed = args.private_records + args.real_records
     if len(rows) < needed:
         raise SystemExit(f"{args.data} has {len(rows)} rows; the split needs {needed}")
     private, real = rows[:args.private_records], rows[args.private_records:needed]
-    private_path = output / "compare_private.csv"
+    private_path = output / f"seed{seed}" / "compare_private.csv"
+    private_path.parent.mkdir(parents=True, exist_ok=True)
     with open(private_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(private[0]))
         writer.writeheader()
@@ -173,14 +245,14 @@ def _split(args, output: Path):
 # -------------------------------------------------------------------- methods
 
 
-def _common_arguments(args, private_path, out, delta):
+def _common_arguments(args, private_path, out, delta, seed):
     return ["--input", str(private_path), "--output", str(out), "--text_column", "text",
             "--label_column", LABEL_COLUMN, "--label_values", ",".join(CATEGORY_LABELS),
             "--prompt_template", YELP_TEMPLATE, "--batch_size", str(BATCH_SIZE),
             "--temperature", str(TEMPERATURE), "--top_k", str(TOP_K),
             "--max_new_tokens", str(args.max_new_tokens), "--max_chars", str(args.max_chars),
             "--public_corpus_size", "40", "--public_centers", "8", "--kept_centers", "4",
-            "--delta", repr(delta), "--run_secret", f"{args.seed:08x}{'c0ffee' * 4}",
+            "--delta", repr(delta), "--run_secret", f"{seed:08x}{'c0ffee' * 4}",
             "--lm", args.lm, "--encoder", args.encoder,
             "--generation_batches_per_call", "8"]
 
@@ -192,8 +264,9 @@ def _method_arguments(method, target, args, delta):
     if method == "private_evolution":
         sigma = accounting.calibrate_gaussian_noise(target_epsilon=target, delta=delta,
                                                     releases=PE_ROUNDS)
+        population = max(PE_MIN_POPULATION, _texts_of_a_run(args.private_records))
         return ["--method", "private_evolution", "--pe_rounds", str(PE_ROUNDS),
-                "--pe_population", str(PE_POPULATION), "--pe_vote_noise", repr(sigma),
+                "--pe_population", str(population), "--pe_vote_noise", repr(sigma),
                 "--pe_vote_threshold", repr(sigma), "--target_epsilon", repr(target)], sigma
     clustering, aggregator = method.split("+")
     if aggregator == "embeddings":
@@ -231,15 +304,16 @@ def _method_arguments(method, target, args, delta):
                         "--ptr_svt_epsilon", repr(svt_epsilon)], clip
 
 
-def _run_method(method, target, *, args, delta, output, private_path, private_rows) -> dict:
+def _run_method(method, target, *, seed, args, delta, output, private_path,
+                private_rows) -> dict:
     name = method if target is None else f"{method}@{target:g}"
-    out = output / "compare" / name.replace("+", "_").replace("@", "_eps")
+    out = output / "compare" / f"seed{seed}" / name.replace("+", "_").replace("@", "_eps")
     started = time.time()
     if method in ("non_private", "public_prompt"):
         synthetic = (_non_private if method == "non_private" else _public_prompt)(
-            args, private_rows)
+            args, private_rows, seed)
         wall = time.time() - started
-        return {"method": method, "epsilon_target": None,
+        return {"method": method, "epsilon_target": None, "seed": seed,
                 "epsilon_formal": math.inf if method == "non_private" else 0.0,
                 "epsilon_ex_post_max": None, "synthetic": synthetic,
                 "synthetic_count": len(synthetic), "wall_seconds": wall, "clip": None}
@@ -249,7 +323,7 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
     if out.exists():
         import shutil
         shutil.rmtree(out)
-    run(_common_arguments(args, private_path, out, delta) + method_arguments,
+    run(_common_arguments(args, private_path, out, delta, seed) + method_arguments,
         say=lambda line: print(f"  {line}", flush=True))
     wall = time.time() - started
     report = json.loads((out / "privacy_report.json").read_text())
@@ -261,7 +335,7 @@ def _run_method(method, target, *, args, delta, output, private_path, private_ro
         synthetic = read_json_lines(str(out), "synthetic")
     ex_post = report["ex_post"].get("generation")
     tokens = report["tokens"].get("generation", {})
-    return {"method": method, "epsilon_target": target,
+    return {"method": method, "epsilon_target": target, "seed": seed,
             "epsilon_formal": report["formal_epsilon"],
             "epsilon_ex_post_max": ex_post["total_epsilon"]["max"] if ex_post else None,
             "epsilon_ex_post_median": ex_post["total_epsilon"]["p50"] if ex_post else None,
@@ -287,21 +361,21 @@ def _texts_of_a_run(private_records: int) -> int:
     return max(1, private_records // BATCH_SIZE)
 
 
-def _non_private(args, private_rows) -> list[dict]:
+def _non_private(args, private_rows, seed) -> list[dict]:
     """One sampled continuation per seed prompt, for as many seeds as a private run has
     batches (n / s): the same LM, template, temperature and top-k, no aggregation."""
-    rng = random.Random(args.seed)
+    rng = random.Random(seed)
     seeds = rng.sample(private_rows, _texts_of_a_run(len(private_rows)))
     return _sample(args, [(row["text"][:args.max_chars], row[LABEL_COLUMN]) for row in seeds],
-                   secret="non-private")
+                   secret=f"non-private-{seed}")
 
 
-def _public_prompt(args, private_rows) -> list[dict]:
+def _public_prompt(args, private_rows, seed) -> list[dict]:
     """As many texts from the public prompt (the template with empty text) alone, the
     categories in turn: what every private method gets for free (epsilon 0)."""
     count = _texts_of_a_run(len(private_rows))
     return _sample(args, [("", CATEGORY_LABELS[i % len(CATEGORY_LABELS)])
-                          for i in range(count)], secret="public-prompt")
+                          for i in range(count)], secret=f"public-prompt-{seed}")
 
 
 def _sample(args, texts_and_labels, *, secret) -> list[dict]:
@@ -326,7 +400,8 @@ def _sample(args, texts_and_labels, *, secret) -> list[dict]:
 # -------------------------------------------------------------------- quality
 
 
-def _quality(synthetic, real_rows, private_rows, encoder, *, seed) -> dict:
+def _quality(synthetic, real_rows, private_rows, encoder, feature_encoder, feature_name, *,
+             seed) -> dict:
     from evaluation.embeddings import evaluate_embeddings
     from evaluation.evaluate import evaluate
 
@@ -337,19 +412,29 @@ def _quality(synthetic, real_rows, private_rows, encoder, *, seed) -> dict:
         if not len(vectors):
             return {"mauve": None, "category_accuracy": None, "stars_accuracy": None,
                     "evaluation": {"reason": "no synthetic embedding"}}
+        # Feature-level: there is no text to embed in a second space.
         result = evaluate_embeddings(vectors, labels, real_rows, **common)
     else:
         usable = [r for r in synthetic if r["text"].strip()]
         if not usable:
             return {"mauve": None, "category_accuracy": None, "stars_accuracy": None,
                     "evaluation": {"reason": "no non-empty synthetic text"}}
-        result = evaluate(usable, real_rows, **common)
+        result = evaluate(usable, real_rows, **common, feature_encoder=feature_encoder,
+                          feature_encoder_name=feature_name)
     downstream = result["downstream"]
+    second = result.get("mauve_feature_encoder") or {}
+    category = downstream[LABEL_COLUMN]
     return {
         "mauve": result["mauve"].get("score"),
         "mauve_real_vs_real": (result["mauve"].get("real_vs_real") or {}).get("score"),
-        "category_accuracy": downstream[LABEL_COLUMN]["trained_on_synthetic"].get("accuracy"),
-        "category_accuracy_real": downstream[LABEL_COLUMN]["trained_on_real"].get("accuracy"),
+        "mauve_2": second.get("score"),
+        "mauve_2_real_vs_real": (second.get("real_vs_real") or {}).get("score"),
+        "feature_encoder": second.get("encoder"),
+        "category_accuracy": category["trained_on_synthetic"].get("accuracy"),
+        "category_balanced_accuracy": category["trained_on_synthetic"].get("balanced_accuracy"),
+        "category_accuracy_real": category["trained_on_real"].get("accuracy"),
+        "category_balanced_accuracy_real": category["trained_on_real"].get("balanced_accuracy"),
+        "category_majority_share": category.get("majority_class_accuracy"),
         "stars_accuracy": downstream[STARS_COLUMN]["trained_on_synthetic"].get("accuracy"),
         "stars_accuracy_real": downstream[STARS_COLUMN]["trained_on_real"].get("accuracy"),
         "copied_8gram_fraction": result["memorisation"].get("copied_fraction"),
@@ -361,9 +446,14 @@ def _quality(synthetic, real_rows, private_rows, encoder, *, seed) -> dict:
 # --------------------------------------------------------------------- output
 
 
-COLUMNS = (("method", 30), ("eps formal", 10), ("eps ex-post", 11), ("MAUVE", 6),
-           ("real/real", 9),
-           ("cat acc", 7), ("stars acc", 9), ("synth", 5), ("wall s", 6))
+# (header, width, the row's field; None: computed in _cells)
+COLUMNS = (("method", 30, None), ("eps formal", 10, "epsilon_formal"),
+           ("eps ex-post", 11, "epsilon_ex_post_max"), ("seeds", 5, None),
+           ("MAUVE", 11, "mauve"), ("real/real", 11, "mauve_real_vs_real"),
+           ("MAUVE 2", 11, "mauve_2"), ("real/real 2", 11, "mauve_2_real_vs_real"),
+           ("cat acc", 11, "category_accuracy"),
+           ("cat bal acc", 11, "category_balanced_accuracy"),
+           ("synth", 5, "synthetic_count"), ("wall s", 6, "wall_seconds"))
 
 
 def _number(value, digits=3):
@@ -374,23 +464,55 @@ def _number(value, digits=3):
     return f"{value:.{digits}g}"
 
 
-def _cells(row):
-    method = row["method"] + (f" @{row['epsilon_target']:g}" if row["epsilon_target"] else "")
-    ex_post = _number(row.get("epsilon_ex_post_max"))
-    return (method, _number(row["epsilon_formal"]), ex_post, _number(row.get("mauve")),
-            _number(row.get("mauve_real_vs_real")),
-            _number(row.get("category_accuracy")), _number(row.get("stars_accuracy")),
-            str(row["synthetic_count"]), f"{row['wall_seconds']:.0f}")
+def _spread(values) -> tuple[float | None, float | None]:
+    """(mean, sample standard deviation) of the values that are numbers; sd None for one."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and not math.isinf(v)]
+    if not numbers:
+        return None, None
+    return (statistics.fmean(numbers),
+            statistics.stdev(numbers) if len(numbers) > 1 else None)
 
 
-def _format_row(row) -> str:
-    return " | ".join(cell.ljust(width) for cell, (_, width) in zip(_cells(row), COLUMNS))
+def _groups(rows) -> list[list[dict]]:
+    """The rows of one method and target epsilon together (one row per seed), in row order."""
+    grouped: dict[tuple, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault((row["method"], row["epsilon_target"]), []).append(row)
+    return list(grouped.values())
+
+
+def _cells(group):
+    first = group[0]
+    method = first["method"] + (f" @{first['epsilon_target']:g}"
+                                if first["epsilon_target"] else "")
+    cells = []
+    for header, _, field in COLUMNS:
+        if header == "method":
+            cells.append(method)
+        elif header == "seeds":
+            cells.append(str(len(group)))
+        elif field == "epsilon_formal" and any(
+                isinstance(r[field], str) or math.isinf(r[field]) for r in group):
+            cells.append(_number(first[field]))
+        elif field in ("synthetic_count", "wall_seconds"):
+            mean, _ = _spread([r.get(field) for r in group])
+            cells.append("-" if mean is None else f"{mean:.0f}")
+        else:
+            mean, sd = _spread([r.get(field) for r in group])
+            cells.append(_number(mean) + ("" if sd is None else f"±{sd:.2f}"))
+    return cells
+
+
+def _format_row(row_or_group) -> str:
+    group = row_or_group if isinstance(row_or_group, list) else [row_or_group]
+    return " | ".join(cell.ljust(width) for cell, (_, width, _) in zip(_cells(group), COLUMNS))
 
 
 def _table(rows) -> str:
-    header = " | ".join(name.ljust(width) for name, width in COLUMNS)
-    rule = "-+-".join("-" * width for _, width in COLUMNS)
-    return "\n".join([header, rule] + [_format_row(row) for row in rows])
+    header = " | ".join(name.ljust(width) for name, width, _ in COLUMNS)
+    rule = "-+-".join("-" * width for _, width, _ in COLUMNS)
+    return "\n".join([header, rule] + [_format_row(group) for group in _groups(rows)])
 
 
 def _write(output: Path, args, delta, rows) -> None:
@@ -413,43 +535,57 @@ def _plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 5.5))
-    for metric, axis, title in (("mauve", axes[0], "MAUVE (higher is better)"),
-                                ("category_accuracy", axes[1],
-                                 "category accuracy, trained on synthetic")):
+    second = next((r.get("feature_encoder") for r in rows if r.get("feature_encoder")), None)
+    panels = [("mauve", "MAUVE, run's encoder (higher is better)"),
+              ("mauve_2", f"MAUVE, {second or 'second space'} (no method uses it)"),
+              ("category_balanced_accuracy", "category balanced accuracy, trained on synthetic")]
+    figure, axes = plt.subplots(1, 3, figsize=(16, 5.5))
+    groups = _groups(rows)
+    for (metric, title), axis in zip(panels, axes):
         for method in dict.fromkeys(r["method"] for r in rows):
-            points = [(r["epsilon_formal"], r.get(metric)) for r in rows
-                      if r["method"] == method and r.get(metric) is not None]
+            points = []
+            for group in groups:
+                if group[0]["method"] != method:
+                    continue
+                mean, sd = _spread([r.get(metric) for r in group])
+                formal = group[0]["epsilon_formal"]
+                formal = math.inf if formal == "inf" else formal
+                if mean is not None:
+                    points.append((formal, mean, sd or 0.0,
+                                   _spread([r.get("epsilon_ex_post_max") for r in group])[0]))
             if not points:
                 continue
             if method in ("non_private", "public_prompt"):
-                axis.axhline(points[0][1], linestyle="--" if method == "non_private" else ":",
-                             color="grey", label=method.replace("_", "-") + (
+                value, sd = points[0][1], points[0][2]
+                style = "--" if method == "non_private" else ":"
+                axis.axhline(value, linestyle=style, color="grey",
+                             label=method.replace("_", "-") + (
                                  " (epsilon 0)" if method == "public_prompt" else ""))
+                if sd:
+                    axis.axhspan(value - sd, value + sd, color="grey", alpha=0.12)
                 continue
             points.sort()
             marker = "s" if method.endswith("+median") else "o"
             embeddings = method.endswith("+embeddings")
-            line, = axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker,
-                              linestyle=":" if embeddings else "-",
-                              label=method + (" (formal bound)" if method.endswith("+median")
-                                              else " (embeddings, feature-level)" if embeddings
-                                              else ""))
-            ex_post = [(r["epsilon_ex_post_max"], r.get(metric)) for r in rows
-                       if r["method"] == method and r.get("epsilon_ex_post_max")
-                       and r.get(metric) is not None]
+            container = axis.errorbar(
+                [p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                marker=marker, capsize=3, linestyle=":" if embeddings else "-",
+                label=method + (" (formal bound)" if method.endswith("+median")
+                                else " (embeddings, feature-level)" if embeddings else ""))
+            ex_post = [(p[3], p[1]) for p in points if p[3]]
             if ex_post:
                 axis.plot([p[0] for p in ex_post], [p[1] for p in ex_post], marker="s",
-                          linestyle="none", markerfacecolor="none", color=line.get_color(),
+                          linestyle="none", markerfacecolor="none",
+                          color=container.lines[0].get_color(),
                           label=f"{method} (ex-post max, not formal)")
         axis.set_xscale("log")
         axis.set_xlabel("epsilon (formal; hollow squares: ex-post, not formal)")
-        axis.set_title(title)
+        axis.set_title(title, fontsize=9)
     handles, labels = axes[0].get_legend_handles_labels()
     bottom = 0.0
-    if handles:  # below both plots, where it hides no point
-        figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
-        bottom = 0.05 + 0.035 * math.ceil(len(handles) / 3)
+    if handles:  # below the plots, where it hides no point
+        figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+        bottom = 0.05 + 0.035 * math.ceil(len(handles) / 4)
     figure.tight_layout(rect=(0, bottom, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -35,7 +35,7 @@ def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
         "--lm", "tiny-llama3", "--encoder", "tiny-bert", "--max_new_tokens", "3",
         "--epsilons", "3,10", "--methods",
         "uniform+mean,public_centers+median_ptr,public_prompt,non_private",
-        "--output", str(out)])
+        "--feature_encoder", "tiny-llama3", "--output", str(out)])
     assert code == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [(r["method"], r["epsilon_target"]) for r in rows] == [
@@ -46,6 +46,13 @@ def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
         # Calibrated to the target: formal epsilon at most the target, and close to it.
         assert 0.9 * row["epsilon_target"] <= row["epsilon_formal"] <= row["epsilon_target"] + 1e-6
         assert row["synthetic_count"] >= 1
+    for row in rows:
+        # Both feature spaces and the balanced accuracy are scored for every text row.
+        assert row["feature_encoder"] == "tiny-llama3"
+        assert row["evaluation"]["mauve_feature_encoder"]["sample_size"] == row[
+            "evaluation"]["mauve"]["sample_size"]
+        assert 0.0 <= row["category_balanced_accuracy"] <= 1.0
+        assert row["seed"] == 0
     assert rows[-1]["epsilon_formal"] == "inf" and rows[-1]["synthetic_count"] == 48 // 8
     assert rows[-2]["epsilon_formal"] == 0.0 and rows[-2]["synthetic_count"] == 48 // 8
     assert (out / "compare.png").stat().st_size > 0
@@ -63,6 +70,7 @@ def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
         "--lm", "tiny-llama3", "--encoder", "tiny-bert", "--max_new_tokens", "3",
         "--epsilons", "3", "--methods",
         "private_evolution,uniform+embeddings,dp_kmeans+embeddings",
+        "--feature_encoder", "none",
         "--keep_rows_from", str(out / "compare.json"), "--output", str(more)]) == 0
     merged = json.loads((more / "compare.json").read_text())["rows"]
     assert [(r["method"], r["epsilon_target"]) for r in merged] == [
@@ -72,13 +80,46 @@ def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
     for row in merged[4:7]:
         assert 0.9 * 3 <= row["epsilon_formal"] <= 3 + 1e-6
         assert row["noise_multiplier"] > 0
-    assert merged[4]["synthetic_count"] == compare_methods.PE_POPULATION
+    assert merged[4]["synthetic_count"] == compare_methods.PE_MIN_POPULATION
     for row in merged[5:7]:
         # As many embeddings as n / s, scored like the texts: MAUVE and a category classifier.
         assert row["synthetic_count"] == 48 // 8
         assert row["evaluation"]["synthetic_kind"] == "embeddings"
         assert row["evaluation"]["mauve"]["sample_size"] == 48 // 8  # too few for a score
         assert row["category_accuracy"] is not None
+
+
+def test_compare_methods_reruns_rows_per_seed_and_reports_their_spread(tmp_path, capsys):
+    data = _yelp_like(tmp_path / "yelp.csv")
+    out = tmp_path / "results"
+    assert compare_methods.main([
+        "--data", str(data), "--private_records", "48", "--real_records", "40",
+        "--lm", "tiny-llama3", "--encoder", "tiny-bert", "--max_new_tokens", "3",
+        "--methods", "public_prompt,non_private", "--seeds", "0,1", "--feature_encoder",
+        "none", "--output", str(out)]) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("public_prompt", 0), ("public_prompt", 1), ("non_private", 0), ("non_private", 1)]
+    # A seed is a new shuffle: the two non-private rows continue different private seeds.
+    private = [(out / f"seed{seed}" / "compare_private.csv").read_text() for seed in (0, 1)]
+    assert private[0] != private[1]
+    texts = [[s["text"] for s in r["evaluation"]["samples"]] for r in rows[2:]]
+    assert texts[0] != texts[1]
+    capsys.readouterr()
+    assert compare_methods.main(["--table_from", str(out / "compare.json")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 2 + 2   # one line per method, the seeds pooled
+    header = [cell.strip() for cell in table[0].split("|")]
+    non_private = [cell.strip() for cell in table[3].split("|")]
+    cell = dict(zip(header, non_private))
+    assert cell["seeds"] == "2"
+    mean, sd = _spread_of([r["category_accuracy"] for r in rows[2:]])
+    assert cell["cat acc"] == f"{mean:.3g}±{sd:.2f}"
+
+
+def _spread_of(values):
+    import statistics
+    return statistics.fmean(values), statistics.stdev(values)
 
 
 def test_throughput_prints_the_ratios(tmp_path, capsys):

@@ -15,6 +15,7 @@ DEFAULT_TEMPLATE = "Text ({label}):\n{text}\n\nAnother text ({label}):\n"
 DEFAULT_UNLABELLED_TEMPLATE = "Text:\n{text}\n\nAnother text:\n"
 CLUSTERINGS = ("uniform", "public_centers", "dp_kmeans")
 LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT = "logit_aggregation", "private_evolution", "none"
+VARIATIONS = ("template", "rephrase", "fill_in")   # mechanisms/variation.py's kinds
 METHODS = (LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT)
 
 
@@ -149,6 +150,24 @@ class DpSynthOptions(PipelineOptions):
                                help="prompt for a variation of a member, with {text} (the "
                                     "member) and, with labels, {label}; default: "
                                     "--prompt_template, which asks for another text like it")
+        evolution.add_argument("--pe_candidates", type=int, default=None,
+                               help="L, variations written of every member drawn (default "
+                                    "1): M * L texts vote each round and the redraw picks M; "
+                                    "the last round writes one each, so the output keeps M "
+                                    "texts. Costs L times the LM's writing; no privacy cost")
+        evolution.add_argument("--pe_variation", choices=VARIATIONS, default=None,
+                               help="how a variation is asked for: 'template' (default: "
+                                    "--pe_variation_template, else --prompt_template), "
+                                    "'rephrase' (the same text in other words) or 'fill_in' "
+                                    "(a share of its words blanked out, then filled in)")
+        evolution.add_argument("--pe_blank_fraction", type=float, default=None,
+                               help="with --pe_variation fill_in: the share of a member's "
+                                    "words blanked out (default 0.3)")
+        evolution.add_argument("--pe_variation_temperature", type=float, default=None,
+                               help="sampling temperature of variations (default "
+                                    "--temperature)")
+        evolution.add_argument("--pe_variation_max_new_tokens", type=int, default=None,
+                               help="longest variation in tokens (default --max_new_tokens)")
 
         embeddings = parser.add_argument_group("synthetic embeddings (--output_embeddings)")
         embeddings.add_argument("--output_embeddings", action="store_true",

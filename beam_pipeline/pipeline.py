@@ -142,7 +142,10 @@ def _private_evolution(plan: RunPlan) -> PrivateEvolution:
         secret=plan.secret, stop_text=plan.stop_text, max_new_tokens=generation.max_new_tokens,
         temperature=generation.temperature, top_k=generation.top_k,
         # A member is one prompt row, a batch s + 1: calls keep the rows of that many batches.
-        texts_per_call=plan.batches_per_call * (generation.expected_batch_size + 1))
+        texts_per_call=plan.batches_per_call * (generation.expected_batch_size + 1),
+        variation=plan.variation, blank_fraction=plan.blank_fraction,
+        variation_temperature=plan.variation_temperature,
+        variation_max_new_tokens=plan.variation_max_new_tokens)
 
 
 def _embedding_centres(pipeline, plan: RunPlan, embedded, dimension: int):
@@ -211,7 +214,14 @@ def report_parameters(plan: RunPlan) -> dict:
         e = plan.evolution
         parameters.update(pe_rounds=e.rounds, pe_population=e.population,
                           pe_vote_noise=e.vote_noise, pe_vote_threshold=e.vote_threshold,
+                          pe_candidates=e.candidates, pe_variation=plan.variation,
                           pe_variation_template=plan.variation_template,
+                          pe_variation_temperature=(plan.variation_temperature
+                                                    or g.temperature),
+                          pe_variation_max_new_tokens=(plan.variation_max_new_tokens
+                                                       or g.max_new_tokens),
+                          **({"pe_blank_fraction": plan.blank_fraction}
+                             if plan.variation == "fill_in" else {}),
                           temperature=g.temperature, top_k=g.top_k,
                           max_new_tokens=g.max_new_tokens)
     if plan.embeddings:

@@ -16,6 +16,7 @@ from mechanisms.accounting import PrivacyLedger
 from mechanisms import median_ptr
 from mechanisms import record_cap
 from mechanisms import evolve as private_evolution
+from mechanisms import variation
 from mechanisms import release_embeddings as synthetic_embeddings
 from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, UNIFORM, ClusteringConfig
 from mechanisms.generate import GenerationConfig
@@ -61,6 +62,12 @@ class RunPlan:
     method: str = opts.LOGIT_AGGREGATION
     evolution: private_evolution.EvolutionConfig | None = None
     variation_template: str | None = None
+    # Private Evolution's variations: kind, blanked share (fill_in), temperature and length
+    # (None: the run's --temperature and --max_new_tokens).
+    variation: str = variation.TEMPLATE
+    blank_fraction: float = 0.3
+    variation_temperature: float | None = None
+    variation_max_new_tokens: int | None = None
     embeddings: synthetic_embeddings.EmbeddingReleaseConfig | None = None
     embeddings_format: str = "npz"
     max_records_noise: float = 10.0
@@ -112,6 +119,7 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     _require(o.pe_population >= 1, f"--pe_population must be >= 1, got {o.pe_population}")
     _require(o.pe_vote_noise is None or o.pe_vote_noise > 0, "--pe_vote_noise must be > 0")
     _require(o.pe_vote_threshold >= 0, "--pe_vote_threshold must be >= 0")
+    _check_evolution_options(o)
     _require(o.method != opts.NO_TEXT or o.output_embeddings,
              "--method none writes no text: add --output_embeddings, or choose a method")
     _require(all(v is None or v > 0 for v in (o.embeddings_count_noise, o.embeddings_sum_noise)),
@@ -144,8 +152,10 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
     if o.method == opts.PRIVATE_EVOLUTION:
         evolution = private_evolution.EvolutionConfig(
             rounds=o.pe_rounds, population=o.pe_population, vote_noise=value("pe_vote_noise"),
-            vote_threshold=o.pe_vote_threshold)
-        variation_template = (o.pe_variation_template or template).replace("\\n", "\n")
+            vote_threshold=o.pe_vote_threshold, candidates=o.pe_candidates or 1)
+        variation_template = variation.variation_template(
+            o.pe_variation or variation.TEMPLATE, labelled=labelled,
+            template=(o.pe_variation_template or template).replace("\\n", "\n"))
         try:
             check_template(variation_template, labelled=labelled)
         except ValueError as error:
@@ -193,8 +203,35 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         run_id=uuid.uuid4().hex, budget_ledger=o.budget_ledger,
         lifetime_epsilon=o.lifetime_epsilon, privacy_unit_domain=o.privacy_unit_domain,
         method=o.method, evolution=evolution, variation_template=variation_template,
+        variation=o.pe_variation or variation.TEMPLATE,
+        blank_fraction=o.pe_blank_fraction or 0.3,
+        variation_temperature=o.pe_variation_temperature,
+        variation_max_new_tokens=o.pe_variation_max_new_tokens,
         embeddings=embeddings, embeddings_format=o.embeddings_format,
         max_records_noise=value("max_records_noise"), encoding=encoding, budget=budget)
+
+
+def _check_evolution_options(o) -> None:
+    """The variation options: their ranges, and that they are given only where they act."""
+    given = [name for name in ("pe_candidates", "pe_variation", "pe_blank_fraction",
+                               "pe_variation_temperature", "pe_variation_max_new_tokens")
+             if getattr(o, name) is not None]
+    if given and o.method != opts.PRIVATE_EVOLUTION:
+        raise PlanError(f"--{given[0]} applies to --method private_evolution only")
+    _require(o.pe_candidates is None or o.pe_candidates >= 1,
+             f"--pe_candidates must be >= 1, got {o.pe_candidates}")
+    _require(o.pe_blank_fraction is None or 0 < o.pe_blank_fraction < 1,
+             f"--pe_blank_fraction must lie in (0, 1), got {o.pe_blank_fraction}")
+    _require(o.pe_blank_fraction is None or o.pe_variation == variation.FILL_IN,
+             "--pe_blank_fraction needs --pe_variation fill_in")
+    _require(o.pe_variation_template is None or o.pe_variation in (None, variation.TEMPLATE),
+             f"--pe_variation_template is the prompt of --pe_variation template; "
+             f"--pe_variation {o.pe_variation} has its own: drop one")
+    _require(o.pe_variation_temperature is None or o.pe_variation_temperature > 0,
+             f"--pe_variation_temperature must be > 0, got {o.pe_variation_temperature}")
+    _require(o.pe_variation_max_new_tokens is None or o.pe_variation_max_new_tokens >= 1,
+             f"--pe_variation_max_new_tokens must be >= 1, got "
+             f"{o.pe_variation_max_new_tokens}")
 
 
 def plan_ledger(plan: RunPlan) -> PrivacyLedger:
@@ -209,8 +246,9 @@ def plan_ledger(plan: RunPlan) -> PrivacyLedger:
         evolution = plan.evolution
         ledger.record_gaussian(
             private_evolution.STAGE, noise_stddev=evolution.vote_noise, count=evolution.rounds,
-            released="noisy histogram of nearest-member votes over the population (one "
-                     "vote per record and round)")
+            released=f"noisy histogram of nearest-member votes over the "
+                     f"{evolution.voting_population} texts that vote (one vote per record and "
+                     f"round; candidates and variation prompts cost nothing)")
     if plan.embeddings:
         if plan.method != opts.LOGIT_AGGREGATION and plan.clustering.mode == DP_KMEANS:
             _record_dp_kmeans(ledger, plan.clustering, EMBEDDINGS_STAGE)

@@ -187,8 +187,10 @@ def reserve_budget(plan, epsilon: float):
 def describe_method(plan) -> str:
     if plan.method == PRIVATE_EVOLUTION:
         e = plan.evolution
-        return (f"private evolution, {e.rounds} round(s), population {e.population}, "
-                f"vote noise {e.vote_noise:.4g}")
+        candidates = (f", {e.candidates} candidates each ({e.voting_population} vote)"
+                      if e.candidates > 1 else "")
+        return (f"private evolution, {e.rounds} round(s), population {e.population}"
+                f"{candidates}, variation {plan.variation}, vote noise {e.vote_noise:.4g}")
     if plan.method == LOGIT_AGGREGATION:
         return (f"{plan.clustering.mode} + {plan.generation.aggregator}, "
                 f"s={plan.generation.expected_batch_size}")

@@ -52,6 +52,10 @@ from beam_pipeline.demo import DEFAULT_INPUT, YELP_CATEGORIES, YELP_TEMPLATE  # 
 
 LABEL_COLUMN, STARS_COLUMN = "label1", "label2"
 CATEGORY_LABELS = tuple(f"Business Category: {c}" for c in YELP_CATEGORIES)
+STARS_LABELS = tuple(f"Review Stars: {n}.0" for n in range(1, 6))
+# --labels category_stars: one label per (category, stars) pair, in the prompt and in the
+# clustering, split again for the two classifiers.
+COMBINED_COLUMN, COMBINED_SEPARATOR = "category_and_stars", " | "
 BATCH_SIZE, TEMPERATURE, TOP_K, MEDIAN_CLIP = 8, 1.0, 50, 6.0
 # Noise on the clustering counts per target epsilon: about a tenth of the budget.
 HISTOGRAM_NOISE = {1.0: 8.0, 3.0: 4.0, 10.0: 2.0}
@@ -121,7 +125,10 @@ def main(argv=None) -> int:
                 continue
             row = _run_method(method, target, seed=seed, args=args, delta=delta, output=output,
                               private_path=private_path, private_rows=private_rows)
-            row.update(_quality(row.pop("synthetic"), real_rows, private_rows, encoder,
+            synthetic = row.pop("synthetic")
+            if not isinstance(synthetic, tuple):
+                synthetic = with_split_labels(synthetic)
+            row.update(_quality(synthetic, real_rows, private_rows, encoder,
                                 feature_encoder, feature_name, seed=seed))
             rows.append(row)
             print(_format_row(row), flush=True)
@@ -201,6 +208,10 @@ def _parser():
                         help="default 1 / n^1.1 for n private records")
     parser.add_argument("--lm", default="smollm2-135m")
     parser.add_argument("--encoder", default="minilm-l6")
+    parser.add_argument("--labels", choices=("category", "category_stars"), default="category",
+                        help="what the prompt and the clustering see: the business category "
+                             "(10 values), or category and stars together (50 values), so "
+                             "that the synthetic records carry stars too")
     parser.add_argument("--feature_encoder", default="gemma3-270m",
                         help="MAUVE's second feature space, one no method uses ('none': skip)")
     parser.add_argument("--seeds", default="0",
@@ -233,6 +244,8 @@ def _split(args, output: Path, seed: int):
     if len(rows) < needed:
         raise SystemExit(f"{args.data} has {len(rows)} rows; the split needs {needed}")
     private, real = rows[:args.private_records], rows[args.private_records:needed]
+    for row in private:
+        row[COMBINED_COLUMN] = _combined(row)
     private_path = output / f"seed{seed}" / "compare_private.csv"
     private_path.parent.mkdir(parents=True, exist_ok=True)
     with open(private_path, "w", newline="", encoding="utf-8") as handle:
@@ -245,9 +258,37 @@ def _split(args, output: Path, seed: int):
 # -------------------------------------------------------------------- methods
 
 
+def _combined(row) -> str:
+    return f"{row[LABEL_COLUMN]}{COMBINED_SEPARATOR}{row[STARS_COLUMN]}"
+
+
+def _label_column(args) -> str:
+    return COMBINED_COLUMN if args.labels == "category_stars" else LABEL_COLUMN
+
+
+def _label_values(args) -> tuple:
+    if args.labels == "category_stars":
+        return tuple(f"{c}{COMBINED_SEPARATOR}{s}" for c in CATEGORY_LABELS for s in STARS_LABELS)
+    return CATEGORY_LABELS
+
+
+def with_split_labels(synthetic: list[dict]) -> list[dict]:
+    """Synthetic records with a combined label also carry its two parts, under the real
+    records' columns, so that both classifiers train on them."""
+    split = []
+    for record in synthetic:
+        label = record.get("label")
+        if isinstance(label, str) and COMBINED_SEPARATOR in label:
+            category, stars = label.split(COMBINED_SEPARATOR, 1)
+            record = {**record, LABEL_COLUMN: category, STARS_COLUMN: stars}
+        split.append(record)
+    return split
+
+
 def _common_arguments(args, private_path, out, delta, seed):
     return ["--input", str(private_path), "--output", str(out), "--text_column", "text",
-            "--label_column", LABEL_COLUMN, "--label_values", ",".join(CATEGORY_LABELS),
+            "--label_column", _label_column(args), "--label_values",
+            ",".join(_label_values(args)),
             "--prompt_template", YELP_TEMPLATE, "--batch_size", str(BATCH_SIZE),
             "--temperature", str(TEMPERATURE), "--top_k", str(TOP_K),
             "--max_new_tokens", str(args.max_new_tokens), "--max_chars", str(args.max_chars),
@@ -366,16 +407,17 @@ def _non_private(args, private_rows, seed) -> list[dict]:
     batches (n / s): the same LM, template, temperature and top-k, no aggregation."""
     rng = random.Random(seed)
     seeds = rng.sample(private_rows, _texts_of_a_run(len(private_rows)))
-    return _sample(args, [(row["text"][:args.max_chars], row[LABEL_COLUMN]) for row in seeds],
-                   secret=f"non-private-{seed}")
+    return _sample(args, [(row["text"][:args.max_chars], row[_label_column(args)])
+                          for row in seeds], secret=f"non-private-{seed}")
 
 
 def _public_prompt(args, private_rows, seed) -> list[dict]:
     """As many texts from the public prompt (the template with empty text) alone, the
     categories in turn: what every private method gets for free (epsilon 0)."""
     count = _texts_of_a_run(len(private_rows))
-    return _sample(args, [("", CATEGORY_LABELS[i % len(CATEGORY_LABELS)])
-                          for i in range(count)], secret=f"public-prompt-{seed}")
+    labels = _label_values(args)
+    return _sample(args, [("", labels[i % len(labels)]) for i in range(count)],
+                   secret=f"public-prompt-{seed}")
 
 
 def _sample(args, texts_and_labels, *, secret) -> list[dict]:
@@ -436,6 +478,8 @@ def _quality(synthetic, real_rows, private_rows, encoder, feature_encoder, featu
         "category_balanced_accuracy_real": category["trained_on_real"].get("balanced_accuracy"),
         "category_majority_share": category.get("majority_class_accuracy"),
         "stars_accuracy": downstream[STARS_COLUMN]["trained_on_synthetic"].get("accuracy"),
+        "stars_balanced_accuracy": downstream[STARS_COLUMN]["trained_on_synthetic"].get(
+            "balanced_accuracy"),
         "stars_accuracy_real": downstream[STARS_COLUMN]["trained_on_real"].get("accuracy"),
         "copied_8gram_fraction": result["memorisation"].get("copied_fraction"),
         "mauve_sample_size": result["mauve"].get("sample_size"),
@@ -453,6 +497,7 @@ COLUMNS = (("method", 30, None), ("eps formal", 10, "epsilon_formal"),
            ("MAUVE 2", 11, "mauve_2"), ("real/real 2", 11, "mauve_2_real_vs_real"),
            ("cat acc", 11, "category_accuracy"),
            ("cat bal acc", 11, "category_balanced_accuracy"),
+           ("stars bal acc", 13, "stars_balanced_accuracy"),
            ("synth", 5, "synthetic_count"), ("wall s", 6, "wall_seconds"))
 
 

@@ -7,6 +7,11 @@ the population member nearest to it in embedding space, the vote histogram is
 released with Gaussian noise, and the population is redrawn in proportion to
 the noisy votes; the LM then writes a variation of every member drawn.
 
+With L candidates (Aug-PE's several variations per sample), the population that
+votes has M * L texts: L variations of each of the M members drawn (M * L texts
+from the public prompt at the start), and the redraw picks M of them. The last
+round's M members get one variation each: the output has M texts, as with L = 1.
+
 Privacy: a record casts exactly one vote per round, so adding or removing it
 moves the histogram (over every member of the population, all labels
 together) by 1 in L2. Each round is one Gaussian release of sensitivity 1;
@@ -37,12 +42,20 @@ class EvolutionConfig:
     population: int        # M: synthetic texts in the population, all labels together
     vote_noise: float      # sigma of the Gaussian noise on every vote count
     vote_threshold: float  # H: noisy votes are counted above H only (Aug-PE's filter)
+    candidates: int = 1    # L: variations of every member drawn; M * L texts vote
+
+    @property
+    def voting_population(self) -> int:
+        """M * L: the texts the records vote among, every round."""
+        return self.population * self.candidates
 
     def __post_init__(self):
         if self.rounds < 1:
             raise ValueError(f"Private Evolution needs at least one round, got {self.rounds}")
         if self.population < 1:
             raise ValueError(f"the population needs at least one text, got {self.population}")
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
         if not self.vote_noise > 0:
             raise ValueError(f"the vote noise must be > 0, got {self.vote_noise}")
         if self.vote_threshold < 0:

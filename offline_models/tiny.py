@@ -86,6 +86,22 @@ def _spread_embeddings(backbone, seed=0):
     layer.embeddings.assign(rng.normal(0.0, 1.0, layer.embeddings.shape).astype("float32"))
     head = layer.reverse_embeddings
     head.assign(rng.normal(0.0, _OUTPUT_HEAD_SCALE, head.shape).astype("float32"))
+    # keras-hub initialises a Llama's kernels with standard deviation 0.02: at width 32 the
+    # attention and feed-forward blocks then add almost nothing to the residual stream, and
+    # the next token depends on the last token alone (two prompts that differ earlier gave
+    # logits 0.005 apart). Fan-in scaling makes the context count.
+    for weight in backbone.weights:
+        if weight.path.endswith("/kernel"):
+            fan_in = _fan_in(weight.path, tuple(weight.shape))
+            weight.assign(rng.normal(0.0, fan_in ** -0.5, weight.shape).astype("float32"))
+
+
+def _fan_in(path: str, shape: tuple) -> int:
+    """Inputs summed into each output of a kernel: the leading axis, except for the attention
+    output projection (heads, head dim, hidden), which sums over heads and head dim."""
+    if "attention_output" in path:
+        return shape[0] * shape[1]
+    return shape[0]
 
 
 def tiny_bert_text_embedder(*, seed=0, hidden_dim=TINY_ENCODER_DIMENSION, num_layers=2,

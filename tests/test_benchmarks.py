@@ -246,3 +246,29 @@ def test_engine_flop_count_matches_the_arithmetic(tiny_lm):
     # A 3-token prompt then 2 decoded tokens: 5 token passes, 3 heads, keys 1+2+3+4+5.
     assert counter.call_flops([3], 2) == (5 * counter.per_token + 3 * counter.head
                                           + counter.per_key * backbone.num_layers * 15)
+
+
+def test_compare_methods_can_prompt_with_category_and_stars(tmp_path):
+    data = _yelp_like(tmp_path / "yelp.csv")
+    out = tmp_path / "results"
+    assert compare_methods.main([
+        "--data", str(data), "--private_records", "48", "--real_records", "40",
+        "--lm", "tiny-llama3", "--encoder", "tiny-bert", "--max_new_tokens", "3",
+        "--epsilons", "10", "--methods", "uniform+mean,public_prompt,non_private", "--labels",
+        "category_stars", "--feature_encoder", "none", "--output", str(out)]) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    # 48 records over 50 labels leave uniform + mean too few texts for a classifier.
+    for row in rows[1:]:
+        # The synthetic records carry stars, so a stars classifier trains on them.
+        assert row["stars_accuracy"] is not None, row["method"]
+        assert 0.0 <= row["stars_balanced_accuracy"] <= 1.0
+        assert row["category_accuracy"] is not None
+    # The job saw one label per (category, stars) pair.
+    synthetic = (out / "compare" / "seed0" / "uniform_mean_eps10").glob("synthetic-*.jsonl")
+    labels = {json.loads(line)["label"] for path in synthetic
+              for line in path.read_text().splitlines()}
+    assert labels and all(compare_methods.COMBINED_SEPARATOR in label for label in labels)
+    assert compare_methods.with_split_labels(
+        [{"text": "t", "label": "Business Category: Bars | Review Stars: 2.0"}]) == [
+        {"text": "t", "label": "Business Category: Bars | Review Stars: 2.0",
+         "label1": "Business Category: Bars", "label2": "Review Stars: 2.0"}]

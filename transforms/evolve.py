@@ -3,8 +3,8 @@
 A round: embed the population; every private record finds its nearest member
 (of its label) on its worker, the population riding along as a side input;
 a CombineFn counts the votes; one step adds the Gaussian noise and redraws;
-the LM writes a variation of every member drawn. The math is in
-mechanisms/evolve.py.
+the LM writes L variations of every member drawn (one in the last round). The
+math is in mechanisms/evolve.py, the variation prompts in mechanisms/variation.py.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from mechanisms import evolve as pe
+from mechanisms import variation as variations
 from transforms.embed import EmbedRecords
 from transforms.prompt_sampling import Member, SampleFromPrompts
 from mechanisms.randomness import keyed_generator
@@ -79,8 +80,17 @@ class PrivateEvolution(beam.PTransform):
     def __init__(self, config: pe.EvolutionConfig, *, lm: str, encoder: str,
                  encoder_sequence_length: int, template: str, variation_template: str,
                  labels, secret: str, stop_text: str | None, max_new_tokens: int,
-                 temperature: float, top_k: int | None, texts_per_call: int = 64):
+                 temperature: float, top_k: int | None, texts_per_call: int = 64,
+                 variation: str = variations.TEMPLATE, blank_fraction: float = 0.3,
+                 variation_temperature: float | None = None,
+                 variation_max_new_tokens: int | None = None):
         super().__init__()
+        self._variation = variation
+        self._blank_fraction = blank_fraction
+        self._variation_temperature = (temperature if variation_temperature is None
+                                       else variation_temperature)
+        self._variation_max_new_tokens = (max_new_tokens if variation_max_new_tokens is None
+                                          else variation_max_new_tokens)
         self._config = config
         self._lm = lm
         self._encoder = encoder
@@ -96,12 +106,13 @@ class PrivateEvolution(beam.PTransform):
         self._per_call = texts_per_call
 
     def expand(self, embedded):
-        first_members = [Member(index, label, "") for index, label in
-                         enumerate(pe.initial_labels(self._labels, self._config.population))]
+        first_members = [Member(index, label, "") for index, label in enumerate(
+            pe.initial_labels(self._labels, self._config.voting_population))]
         seeds = (embedded.pipeline | "Start" >> beam.Create([None])
                  | "InitialLabels" >> beam.FlatMap(lambda _: first_members))
         population = seeds | "InitialPopulation" >> self._generate(
-            self._template, round_index=None)
+            self._template, round_index=None, temperature=self._temperature,
+            max_new_tokens=self._max_new_tokens)
         summaries = []
         for round_index in range(self._config.rounds):
             population, summary = self._round(embedded, population, round_index)
@@ -141,37 +152,55 @@ class PrivateEvolution(beam.PTransform):
         def release(counts, members):
             members = sorted(members, key=lambda m: m.index)
             exact = pe.vote_histogram({i: c for i, c in counts.items() if i is not None},
-                                      config.population)
+                                      config.voting_population)
             rng = keyed_generator(secret, pe.STAGE, "votes", round_index)
             noisy = pe.noisy_votes(exact, config.vote_noise, rng)
             drawn = pe.redraw_by_label([m.label for m in members], noisy,
                                        config.vote_threshold, config.population, rng)
             survivors = [Member(position, members[parent].label, members[parent].text,
                                 parent=int(parent)) for position, parent in enumerate(drawn)]
-            summary = {"round": round_index + 1,
+            summary = {"round": round_index + 1, "voting_population": len(members),
                        "members_above_threshold": int(np.sum(noisy > config.vote_threshold)),
                        "distinct_members_drawn": len(set(drawn.tolist())),
                        "noisy_votes_total": float(noisy.sum())}
             _LOG.info("private evolution: round %d/%d: %d distinct members drawn of %d",
                       round_index + 1, config.rounds, summary["distinct_members_drawn"],
-                      config.population)
+                      len(members))
             return survivors, summary
 
         released = votes | f"{name} NoisyRedraw" >> beam.Map(
             release, beam.pvalue.AsList(population))
         survivors = released | f"{name} Survivors" >> beam.FlatMap(lambda pair: pair[0])
         summary = released | f"{name} Summary" >> beam.Map(lambda pair: pair[1])
-        varied = survivors | f"{name} Variations" >> self._generate(
-            self._variation_template, round_index=round_index)
+        # L variations of every survivor while the population still votes; one in the last
+        # round, whose texts are the output.
+        copies = 1 if round_index == config.rounds - 1 else config.candidates
+        to_vary = survivors | f"{name} Candidates" >> beam.FlatMap(_candidates_of, copies)
+        if self._variation == variations.FILL_IN:
+            fraction = self._blank_fraction
+            to_vary = to_vary | f"{name} BlankOut" >> beam.Map(
+                lambda m: dataclasses.replace(m, text=variations.blank_out(
+                    m.text, fraction, keyed_generator(secret, pe.STAGE, "blanks",
+                                                      round_index, m.index))))
+        varied = to_vary | f"{name} Variations" >> self._generate(
+            self._variation_template, round_index=round_index,
+            temperature=self._variation_temperature,
+            max_new_tokens=self._variation_max_new_tokens)
         return varied, summary
 
-    def _generate(self, template, *, round_index):
+    def _generate(self, template, *, round_index, temperature, max_new_tokens):
         stage = "initial" if round_index is None else f"round-{round_index}"
         return SampleFromPrompts(
             lm=self._lm, template=template, secret=self._secret, stop_text=self._stop_text,
-            max_new_tokens=self._max_new_tokens, temperature=self._temperature,
+            max_new_tokens=max_new_tokens, temperature=temperature,
             top_k=self._top_k, per_call=self._per_call, sample_id_prefix=f"pe:{stage}:",
             counter="pe_texts_generated")
+
+
+def _candidates_of(survivor: Member, copies: int):
+    """The `copies` members that survivor p's variations fill: indices p * L .. p * L + L - 1."""
+    for copy in range(copies):
+        yield dataclasses.replace(survivor, index=survivor.index * copies + copy)
 
 
 def _member_of(record: Record) -> Member:

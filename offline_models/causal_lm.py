@@ -222,13 +222,26 @@ class CausalLanguageModel:
         padded = np.zeros(int(state.key_mask.shape[0]), dtype="int32")
         padded[:len(next_tokens)] = next_tokens
         logits = self._decode_step(
-            tf.constant(padded[:, None]), state.caches, state.key_mask,
+            tf.constant(padded[:, None]), [cache.handle for cache in state.caches],
+            state.key_mask,
             tf.constant(state.next_index, dtype="int32"))
         state.next_index += 1
         state.logits = logits.numpy()[:len(next_tokens)]
         return state.logits
 
-    def _decode_step_eager(self, token_ids, cache_variables, key_mask, start_index):
+    def _write_cache(self, handle, slots, updates):
+        """Scatters `updates` into the cache variable behind `handle`, in place.
+
+        The decoding steps take the caches' resource handles, not the variables: a
+        tf.function keeps the variables of the call that traced it alive for good, which
+        held one whole cache (about 1 GB at 72 rows) per traced shape.
+        """
+        self._tf.raw_ops.ResourceScatterNdUpdate(ref=handle, indices=slots, updates=updates)
+
+    def _read_cache(self, handle):
+        return self._tf.raw_ops.ReadVariableOp(resource=handle, dtype=self._tf.float32)
+
+    def _decode_step_eager(self, token_ids, cache_handles, key_mask, start_index):
         """One token per row through every Llama block, reading the cache in place.
 
         The same arithmetic as the decoder layers' own call, written for one
@@ -248,7 +261,7 @@ class CausalLanguageModel:
         at = tf.fill([rows], start_index)
         slots = tf.concat([tf.stack([row_index, tf.zeros_like(row_index), at], axis=1),
                            tf.stack([row_index, tf.ones_like(row_index), at], axis=1)], axis=0)
-        for layer, cache in zip(self.backbone.transformer_layers, cache_variables):
+        for layer, handle in zip(self.backbone.transformer_layers, cache_handles):
             attention = layer._self_attention_layer
             hidden = layer._self_attention_layernorm(x)
             query = attention.rotary_embedding_layer(attention._query_dense(hidden),
@@ -256,7 +269,8 @@ class CausalLanguageModel:
             key = attention.rotary_embedding_layer(attention._key_dense(hidden),
                                                    start_index=start_index)
             value = attention._value_dense(hidden)
-            cache.scatter_nd_update(slots, tf.concat([key[:, 0], value[:, 0]], axis=0))
+            self._write_cache(handle, slots, tf.concat([key[:, 0], value[:, 0]], axis=0))
+            cache = self._read_cache(handle)
             groups = attention.num_key_value_groups
             heads, head_dim = attention.num_key_value_heads, tf.shape(query)[-1]
             # Query head h uses key-value head h // groups (keras-hub repeats each
@@ -327,7 +341,7 @@ class CausalLanguageModel:
         hidden = self.backbone.layer_norm(x[:, -1, :])
         return self.backbone.token_embedding(hidden, reverse=True), updated
 
-    def _gemma3_decode_step_eager(self, token_ids, cache_variables, key_mask, start_index):
+    def _gemma3_decode_step_eager(self, token_ids, cache_handles, key_mask, start_index):
         """One token per row through every Gemma 3 block, the cache updated in place."""
         tf = self._tf
         x = self._gemma3_embed(token_ids)                              # (rows, 1, hidden)
@@ -338,10 +352,11 @@ class CausalLanguageModel:
         at = tf.fill([rows], start_index)
         slots = tf.concat([tf.stack([row_index, tf.zeros_like(row_index), at], axis=1),
                            tf.stack([row_index, tf.ones_like(row_index), at], axis=1)], axis=0)
-        for layer, cache in zip(self.backbone.transformer_layers, cache_variables):
+        for layer, handle in zip(self.backbone.transformer_layers, cache_handles):
             hidden = layer.pre_attention_norm(x)
             query, key, value = self._gemma3_projections(layer.attention, hidden, start_index)
-            cache.scatter_nd_update(slots, tf.concat([key[:, 0], value[:, 0]], axis=0))
+            self._write_cache(handle, slots, tf.concat([key[:, 0], value[:, 0]], axis=0))
+            cache = self._read_cache(handle)
             x = self._gemma3_block_rest(layer, x, query, cache[:, 0], cache[:, 1],
                                         visible[layer.attention.use_sliding_window_attention])
         hidden = self.backbone.layer_norm(x[:, -1, :])

@@ -111,6 +111,9 @@ def test_launcher_runs_a_job_from_template_style_arguments(tmp_path, capsys):
     assert report["parameters"]["public_tokens"] is True
     assert main.main(["--input=" + str(tmp_path / "none.csv"), "--output=" + str(tmp_path)]) == 2
     assert "matches no file" in capsys.readouterr().err
+    # A misspelt parameter is refused before anything runs or is spent.
+    assert main.main([*args, "--target_epsilom=1"]) == 2
+    assert "--target_epsilom" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------- the image

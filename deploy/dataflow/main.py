@@ -41,8 +41,12 @@ def main(argv=None) -> int:
     argv = normalise_flags(list(sys.argv[1:] if argv is None else argv), flag_names())
 
     def submit():
+        from beam_pipeline.options import DpSynthOptions
         from beam_pipeline.run import configure_logging, run
 
+        # A misspelt parameter must not launch a job that spends budget without it.
+        cli._check_option_values(argv, DpSynthOptions)
+        cli._refuse_unknown_options(argv)
         configure_logging()
         run(argv, wait=False)
 

@@ -90,6 +90,22 @@ def test_progress_lines_are_logged_at_most_every_interval(monkeypatch, caplog):
         "embedding: 8 texts embedded so far"]
 
 
+def test_a_stage_with_a_planned_total_says_its_last_line_and_its_own_rate(caplog):
+    from beam_pipeline import progress
+
+    tick = progress.counter("generation", "batches", rate_unit="synthetic tokens")
+    with caplog.at_level(logging.INFO, logger="dpsynth.progress"):
+        tick(0)
+        tick(1, total=2, rate_count=30)
+        assert not caplog.records   # within the interval, and not the last batch
+        tick(1, total=2, rate_count=10)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("generation: 2/2 batches done, ")
+    assert line.endswith(" synthetic tokens/s")
+    rate = float(line.split(", ")[1].split()[0])
+    assert rate >= 40   # 40 tokens in under a second: the rate counts tokens, not batches
+
+
 def _dpsynth(*args):
     """`dpsynth` as a user starts it from a terminal: in a process group of its own (a
     terminal's Ctrl-C goes to the whole group), and without the TensorFlow log level

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import os
 import string
-import time
-import uuid
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from beam_pipeline.progress import PROGRESS_EVERY_SECONDS
+from beam_pipeline import progress
 from mechanisms.generate import GenerationConfig, PrivateTokenChooser
 from offline_models.joint_decoding import GenerationRequest
 from transforms.model_handlers import GenerateInFixedCalls
 from transforms.read import NAMESPACE
 
-_LOG = logging.getLogger(__name__)
 # A model call that raises is run again: the embedded runner (FnApiRunner)
 # never retries a failed bundle, so one transient failure would end the job.
 GENERATION_CALL_ATTEMPTS = 3
@@ -73,36 +69,6 @@ class SyntheticRecord:
         return output
 
 
-class _Progress:
-    """A progress line per worker process: batches done out of the planned total, tokens/s.
-
-    Requests and results pass through different DoFns, so the state lives in
-    the module (one per process), keyed by the stage.
-    """
-
-    _by_stage: dict = {}
-
-    def __init__(self):
-        self.started = time.time()
-        self.batches = 0
-        self.tokens = 0
-        self.last_report = 0.0
-
-    @classmethod
-    def of(cls, stage_id):
-        return cls._by_stage.setdefault(stage_id, cls())
-
-    def update(self, tokens, total_batches):
-        now = time.time()
-        self.batches += 1
-        self.tokens += tokens
-        if now - self.last_report >= PROGRESS_EVERY_SECONDS or self.batches == total_batches:
-            self.last_report = now
-            rate = self.tokens / max(now - self.started, 1e-9)
-            _LOG.info("generation: %d/%s batches done, %.1f synthetic tokens/s",
-                      self.batches, total_batches, rate)
-
-
 class GenerateSynthetic(beam.PTransform):
     """Batch -> SyntheticRecord. The LM handler advances several batches per model call.
 
@@ -127,10 +93,10 @@ class GenerateSynthetic(beam.PTransform):
         config, template, secret, stop_text = (self._config, self._template, self._secret,
                                                self._stop_text)
 
-        stage_id = uuid.uuid4().hex
+        tick = progress.counter("generation", "batches", rate_unit="synthetic tokens")
 
         def to_request(batch):
-            _Progress.of(stage_id)  # the clock starts with the first request
+            tick(0)  # the clock starts with the first request
             prompts = [render_prompt(template, member.text, batch.label)
                        for member in batch.members]
             prompts.append(render_prompt(template, "", batch.label))
@@ -149,7 +115,7 @@ class GenerateSynthetic(beam.PTransform):
             counters["synthetic_records"].inc()
             counters["private_tokens"].inc(chooser.private_tokens)
             counters["public_tokens"].inc(chooser.public_tokens)
-            _Progress.of(stage_id).update(len(result.token_ids), total)
+            tick(1, total=total, rate_count=len(result.token_ids))
             return SyntheticRecord(
                 batch_id=batch_id, text=result.text, label=label, cluster=cluster,
                 tokens=len(result.token_ids), private_tokens=chooser.private_tokens,

@@ -89,15 +89,20 @@ def test_compare_methods_writes_a_row_per_method_and_epsilon(tmp_path, capsys):
         assert row["category_accuracy"] is not None
 
 
-def test_compare_methods_reruns_rows_per_seed_and_reports_their_spread(tmp_path, capsys):
+def _compare_on_tiny_models(tmp_path, *arguments):
+    """(output folder, rows) of compare_methods on 48 Yelp-like records and tiny models."""
     data = _yelp_like(tmp_path / "yelp.csv")
     out = tmp_path / "results"
     assert compare_methods.main([
         "--data", str(data), "--private_records", "48", "--real_records", "40",
         "--lm", "tiny-llama3", "--encoder", "tiny-bert", "--max_new_tokens", "3",
-        "--methods", "public_prompt,non_private", "--seeds", "0,1", "--feature_encoder",
-        "none", "--output", str(out)]) == 0
-    rows = json.loads((out / "compare.json").read_text())["rows"]
+        "--feature_encoder", "none", "--output", str(out), *arguments]) == 0
+    return out, json.loads((out / "compare.json").read_text())["rows"]
+
+
+def test_compare_methods_reruns_rows_per_seed_and_reports_their_spread(tmp_path, capsys):
+    out, rows = _compare_on_tiny_models(tmp_path, "--methods", "public_prompt,non_private",
+                                        "--seeds", "0,1")
     assert [(r["method"], r["seed"]) for r in rows] == [
         ("public_prompt", 0), ("public_prompt", 1), ("non_private", 0), ("non_private", 1)]
     # A seed is a new shuffle: the two non-private rows continue different private seeds.
@@ -249,14 +254,9 @@ def test_engine_flop_count_matches_the_arithmetic(tiny_lm):
 
 
 def test_compare_methods_can_prompt_with_category_and_stars(tmp_path):
-    data = _yelp_like(tmp_path / "yelp.csv")
-    out = tmp_path / "results"
-    assert compare_methods.main([
-        "--data", str(data), "--private_records", "48", "--real_records", "40",
-        "--lm", "tiny-llama3", "--encoder", "tiny-bert", "--max_new_tokens", "3",
-        "--epsilons", "10", "--methods", "uniform+mean,public_prompt,non_private", "--labels",
-        "category_stars", "--feature_encoder", "none", "--output", str(out)]) == 0
-    rows = json.loads((out / "compare.json").read_text())["rows"]
+    out, rows = _compare_on_tiny_models(
+        tmp_path, "--epsilons", "10", "--methods", "uniform+mean,public_prompt,non_private",
+        "--labels", "category_stars")
     # 48 records over 50 labels leave uniform + mean too few texts for a classifier.
     for row in rows[1:]:
         # The synthetic records carry stars, so a stars classifier trains on them.

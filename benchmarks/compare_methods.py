@@ -354,10 +354,16 @@ def _run_method(method, target, *, seed, args, delta, output, private_path,
         synthetic = (_non_private if method == "non_private" else _public_prompt)(
             args, private_rows, seed)
         wall = time.time() - started
+        # Kept like a job's output, so that the row can be scored again later.
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "synthetic.jsonl", "w", encoding="utf-8") as handle:
+            for record in synthetic:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         return {"method": method, "epsilon_target": None, "seed": seed,
                 "epsilon_formal": math.inf if method == "non_private" else 0.0,
                 "epsilon_ex_post_max": None, "synthetic": synthetic,
-                "synthetic_count": len(synthetic), "wall_seconds": wall, "clip": None}
+                "synthetic_count": len(synthetic), "wall_seconds": wall, "clip": None,
+                "output": str(out)}
     from beam_pipeline.run import run
 
     method_arguments, clip = _method_arguments(method, target, args, delta)

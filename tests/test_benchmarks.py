@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+from pathlib import Path
 
 from benchmarks import aggregator_bench, compare_methods, engine, throughput
 from tests.pipeline_fixtures import write_reviews_csv
@@ -110,6 +111,10 @@ def test_compare_methods_reruns_rows_per_seed_and_reports_their_spread(tmp_path,
     assert private[0] != private[1]
     texts = [[s["text"] for s in r["evaluation"]["samples"]] for r in rows[2:]]
     assert texts[0] != texts[1]
+    # Every row's texts are kept, so that it can be scored again.
+    kept = [(p / "synthetic.jsonl").read_text().splitlines() for p in
+            (Path(r["output"]) for r in rows)]
+    assert [len(lines) for lines in kept] == [r["synthetic_count"] for r in rows]
     capsys.readouterr()
     assert compare_methods.main(["--table_from", str(out / "compare.json")]) == 0
     table = capsys.readouterr().out.splitlines()

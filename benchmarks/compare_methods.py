@@ -551,7 +551,8 @@ def _cells(group):
             cells.append("-" if mean is None else f"{mean:.0f}")
         else:
             mean, sd = _spread([r.get(field) for r in group])
-            cells.append(_number(mean) + ("" if sd is None else f"±{sd:.2f}"))
+            constant = sd is not None and sd < 1e-9 and field == "epsilon_formal"
+            cells.append(_number(mean) + ("" if sd is None or constant else f"±{sd:.2f}"))
     return cells
 
 

@@ -87,6 +87,8 @@ def main(argv=None) -> int:
         print(_table(rows))
         _plot(rows, Path(args.table_from).with_suffix(".png"))
         return 0
+    if args.rescore_from:
+        return _rescore(Path(args.rescore_from), Path(args.output))
     requested = args.methods.split(",")
     unknown = [method for method in requested if method not in METHODS]
     if unknown:
@@ -140,6 +142,53 @@ def main(argv=None) -> int:
     _plot(rows, output / "compare.png")
     print(f"\nwrote {output / 'compare.json'} and {output / 'compare.png'}")
     return 0
+
+
+def _rescore(path: Path, output: Path) -> int:
+    saved = json.loads(path.read_text())
+    args = argparse.Namespace(**{**vars(_parser().parse_args([])), **saved["settings"]})
+    args.output = str(output)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = _rows_of(path)
+    from offline_models.loading import load_feature_encoder, load_sentence_encoder
+    encoder = MemoisedEncoder(load_sentence_encoder(args.encoder, sequence_length=128))
+    feature_name = None if args.feature_encoder in (None, "", "none") else args.feature_encoder
+    feature_encoder = (None if feature_name is None else
+                       MemoisedEncoder(load_feature_encoder(feature_name, sequence_length=128)))
+    rescored = []
+    for seed in sorted({row["seed"] for row in rows}):
+        private_path, real_rows = _split(args, output, seed)
+        private_rows = _read_csv(private_path)
+        for row in (r for r in rows if r["seed"] == seed):
+            synthetic = _texts_of(row, args, private_rows)
+            if not isinstance(synthetic, tuple):
+                synthetic = with_split_labels(synthetic)
+            row = {**row, **_quality(synthetic, real_rows, private_rows, encoder,
+                                     feature_encoder, feature_name, seed=seed)}
+            rescored.append(row)
+            print(_format_row(row), flush=True)
+    rows = _in_method_order(rescored)
+    _write(output, args, saved["settings"].get("delta"), rows)
+    print()
+    print(_table(rows))
+    _plot(rows, output / "compare.png")
+    return 0
+
+
+def _texts_of(row, args, private_rows):
+    """A row's synthetic records (or embeddings) from its kept output."""
+    out = Path(row["output"]) if row.get("output") else None
+    if row["method"].endswith("+embeddings"):
+        from transforms.release_embeddings import read_embeddings
+        return read_embeddings(str(out / "synthetic_embeddings.npz"))
+    if out is not None and (out / "synthetic.jsonl").exists():
+        return [json.loads(line) for line in
+                (out / "synthetic.jsonl").read_text(encoding="utf-8").splitlines()]
+    if row["method"] in ("non_private", "public_prompt"):
+        return (_non_private if row["method"] == "non_private" else _public_prompt)(
+            args, private_rows, row["seed"])
+    from transforms.write import read_json_lines
+    return read_json_lines(str(out), "synthetic")
 
 
 class MemoisedEncoder:
@@ -224,6 +273,12 @@ def _parser():
     parser.add_argument("--keep_rows_from", default=None,
                         help="an earlier compare.json: its rows of methods not in --methods "
                              "join this run's table (same split and settings assumed)")
+    parser.add_argument("--rescore_from", default=None,
+                        help="an earlier compare.json: score its rows again with the current "
+                             "evaluation (same split, settings and texts; nothing is "
+                             "generated again but the public-prompt and non-private texts "
+                             "that older runs did not keep, which their keyed draws "
+                             "reproduce) and write them to --output")
     parser.add_argument("--table_from", default=None,
                         help="print the table and redraw the plot of an earlier compare.json")
     return parser

@@ -277,3 +277,27 @@ def test_compare_methods_can_prompt_with_category_and_stars(tmp_path):
         [{"text": "t", "label": "Business Category: Bars | Review Stars: 2.0"}]) == [
         {"text": "t", "label": "Business Category: Bars | Review Stars: 2.0",
          "label1": "Business Category: Bars", "label2": "Review Stars: 2.0"}]
+
+
+def test_compare_methods_scores_earlier_rows_again_from_their_kept_texts(tmp_path):
+    out, rows = _compare_on_tiny_models(tmp_path, "--epsilons", "10", "--methods",
+                                        "uniform+mean,public_prompt,non_private")
+    again = tmp_path / "again"
+    assert compare_methods.main(["--rescore_from", str(out / "compare.json"),
+                                 "--output", str(again)]) == 0
+    rescored = json.loads((again / "compare.json").read_text())["rows"]
+    assert [(r["method"], r["seed"]) for r in rescored] == [(r["method"], r["seed"])
+                                                           for r in rows]
+    for before, after in zip(rows, rescored):
+        # Same texts, same split, same evaluation: the same figures; nothing was regenerated
+        # but what the run kept.
+        assert after["synthetic_count"] == before["synthetic_count"]
+        assert after["mauve"] == before["mauve"]
+        assert after["category_accuracy"] == before["category_accuracy"]
+        assert after["evaluation"]["samples"] == before["evaluation"]["samples"]
+    # Texts an older run did not keep are drawn again from the same keyed draws.
+    (Path(rows[-1]["output"]) / "synthetic.jsonl").unlink()
+    assert compare_methods.main(["--rescore_from", str(out / "compare.json"),
+                                 "--output", str(tmp_path / "third")]) == 0
+    third = json.loads((tmp_path / "third" / "compare.json").read_text())["rows"]
+    assert third[-1]["evaluation"]["samples"] == rows[-1]["evaluation"]["samples"]

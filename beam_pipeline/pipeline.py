@@ -200,12 +200,24 @@ def _count_rejections_by_reason(rejected):
                                                        dict(sorted(pairs)))))
 
 
+def budget_plan_summary(choice) -> dict:
+    """How the plan spent the target: each calibrated stage's share, the values it chose and
+    those the user set, so the report shows why each noise scale is what it is."""
+    return {"target_epsilon": choice.target,
+            "target": "--target_epsilon" if choice.target_stated else "the default",
+            "shares": dict(choice.shares), "last_stage_takes_the_rest": choice.last_stage,
+            "calibrated": dict(choice.chosen), "as_set": dict(choice.given),
+            **({"unmet": choice.unmet} if choice.unmet else {})}
+
+
 def report_parameters(plan: RunPlan) -> dict:
     parameters = {"method": plan.method, "delta": plan.delta, "lm": plan.lm,
                   "encoder": plan.encoder, "prompt_template": plan.template,
                   "labels": list(plan.labels) if plan.labels else None,
                   "run_secret": ("fixed by --run_secret" if plan.secret_is_fixed
                                  else "fresh from the OS")}
+    if plan.budget is not None:
+        parameters["budget_plan"] = budget_plan_summary(plan.budget)
     if plan.max_records is not None:
         parameters.update(max_records=plan.max_records,
                           max_records_noise=plan.max_records_noise)

@@ -151,3 +151,19 @@ def test_the_readme_parser_finds_continued_commands():
                                       "mean", "--max_new_tokens", "48", "--target_epsilon",
                                       "10"]]
     assert _meets_its_target(readme_commands(text)[0])
+
+
+def test_the_report_states_the_split_and_what_it_calibrated():
+    from beam_pipeline.pipeline import report_parameters
+
+    plan = _plan("--target_epsilon", "4", "--clustering", "uniform",
+                 "--budget_split", "clustering=0.25", "--clip", "2")
+    stated = report_parameters(plan)["budget_plan"]
+    assert stated["target_epsilon"] == 4 and stated["target"] == "--target_epsilon"
+    assert stated["shares"] == {"clustering": 0.25}
+    assert stated["last_stage_takes_the_rest"] == "generation"
+    assert stated["calibrated"]["histogram_noise"] == plan.clustering.histogram_noise
+    assert stated["as_set"] == {"clip": 2.0}
+    assert plan_ledger(plan).epsilon("clustering") == pytest.approx(0.25 * 4, rel=1e-3)
+    unstated = report_parameters(_plan())["budget_plan"]
+    assert unstated["target"] == "the default" and unstated["target_epsilon"] == 10

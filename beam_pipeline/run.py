@@ -49,11 +49,25 @@ def pipeline_options(argv) -> DpSynthOptions:
     return options
 
 
+def local_worker_log() -> str:
+    """Where Beam's local worker processes write their own stderr (see below)."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"dpsynth-workers-{os.getpid()}.log")
+
+
 def local_workers_ignore_ctrl_c() -> None:
     """A terminal's Ctrl-C reaches every process of its foreground group, so each of
     Beam's local worker processes (--direct_running_mode multi_processing) printed a
     traceback of its own. They are started with SIGINT ignored (inherited through exec,
-    and kept by Python); this process stops the job and they exit with it."""
+    and kept by Python); this process stops the job and they exit with it.
+
+    Their stderr goes to `local_worker_log()`: when the job is stopped while a worker
+    releases a bundle, Beam's worker prints the resulting KeyError traceback to stderr.
+    Their log records still reach this process through Beam's logging channel, and a
+    failed bundle's error through the job's result."""
+    import shlex
+
     from apache_beam.runners.portability import local_job_service
 
     worker = local_job_service.SubprocessSdkWorker
@@ -62,7 +76,9 @@ def local_workers_ignore_ctrl_c() -> None:
     original = worker.__init__
 
     def init(self, worker_command_line: bytes, *args, **kwargs):
-        original(self, b"trap '' INT; exec " + worker_command_line, *args, **kwargs)
+        log = shlex.quote(local_worker_log()).encode()
+        original(self, b"trap '' INT; exec " + worker_command_line + b" 2>>" + log,
+                 *args, **kwargs)
 
     init.ignores_ctrl_c = True
     worker.__init__ = init
@@ -267,14 +283,20 @@ def _mark(plan, status: str) -> None:
 
 
 class _DropBeamNoise(logging.Filter):
-    """RunInference warns on every batch that it cannot read memory usage here, and each
-    local worker process that it has no semi-persistent directory (it needs none)."""
+    """RunInference warns on every batch that it cannot read memory usage here, each
+    local worker process that it has no semi-persistent directory (it needs none), and a
+    stage stopped by Ctrl-C logs the interrupt."""
 
     NOISE = ("memory usage cannot be fetched", "No semi_persistent_directory found")
 
     def filter(self, record):
         message = record.getMessage()
-        return not any(noise in message for noise in self.NOISE)
+        if any(noise in message for noise in self.NOISE):
+            return False
+        # Ctrl-C: a stage that was running logs the KeyboardInterrupt with its traceback;
+        # dpsynth says in one line that the run was interrupted.
+        interrupted = record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)
+        return not (interrupted or message.split("\n", 1)[0].startswith("KeyboardInterrupt"))
 
 
 def configure_logging():

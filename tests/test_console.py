@@ -189,3 +189,20 @@ def test_the_public_corpus_and_writing_say_when_they_are_done(tmp_path, reviews,
     assert any(re.fullmatch(r"public corpus: 6 texts, [1-3] centres fitted", line)
                for line in lines), lines
     assert f"writing: 5 files published to {out}" in lines, lines
+
+
+def test_an_interrupted_stage_logs_nothing_on_the_console():
+    from beam_pipeline.run import _DropBeamNoise
+
+    def record(message, exc_info=None):
+        return logging.LogRecord("apache_beam", logging.ERROR, __file__, 1, message, None,
+                                 exc_info)
+
+    keep = _DropBeamNoise().filter
+    assert not keep(record("KeyboardInterrupt [while running 'Cluster/ClusterCounts']\nTrace"))
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        import sys
+        assert not keep(record("bundle failed", sys.exc_info()))
+    assert keep(record("ValueError [while running 'Read']"))

@@ -238,6 +238,15 @@ class CausalLanguageModel:
         """
         self._tf.raw_ops.ResourceScatterNdUpdate(ref=handle, indices=slots, updates=updates)
 
+    def _cache_slots(self, rows, start_index):
+        """Scatter indices of every row's new key (then value) at `start_index`, matching
+        the updates `concat([keys, values])` of shape (2 * rows, heads, dim)."""
+        tf = self._tf
+        row_index = tf.range(rows)
+        at = tf.fill([rows], start_index)
+        return tf.concat([tf.stack([row_index, tf.zeros_like(row_index), at], axis=1),
+                          tf.stack([row_index, tf.ones_like(row_index), at], axis=1)], axis=0)
+
     def _read_cache(self, handle):
         return self._tf.raw_ops.ReadVariableOp(resource=handle, dtype=self._tf.float32)
 
@@ -257,10 +266,7 @@ class CausalLanguageModel:
         positions = tf.range(tf.shape(key_mask)[1])
         visible = tf.logical_and(key_mask > 0, positions[None, :] <= start_index)
         visible = visible[:, None, None, :]                            # (rows, 1, 1, keys)
-        row_index = tf.range(rows)
-        at = tf.fill([rows], start_index)
-        slots = tf.concat([tf.stack([row_index, tf.zeros_like(row_index), at], axis=1),
-                           tf.stack([row_index, tf.ones_like(row_index), at], axis=1)], axis=0)
+        slots = self._cache_slots(rows, start_index)
         for layer, handle in zip(self.backbone.transformer_layers, cache_handles):
             attention = layer._self_attention_layer
             hidden = layer._self_attention_layernorm(x)
@@ -348,10 +354,7 @@ class CausalLanguageModel:
         rows = tf.shape(token_ids)[0]
         visible = self._gemma3_visibility(key_mask, start_index[None],
                                           tf.range(tf.shape(key_mask)[1]))
-        row_index = tf.range(rows)
-        at = tf.fill([rows], start_index)
-        slots = tf.concat([tf.stack([row_index, tf.zeros_like(row_index), at], axis=1),
-                           tf.stack([row_index, tf.ones_like(row_index), at], axis=1)], axis=0)
+        slots = self._cache_slots(rows, start_index)
         for layer, handle in zip(self.backbone.transformer_layers, cache_handles):
             hidden = layer.pre_attention_norm(x)
             query, key, value = self._gemma3_projections(layer.attention, hidden, start_index)

@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     delta = args.delta or 1.0 / args.private_records ** 1.1
-    feature_name = None if args.feature_encoder in ("", "none") else args.feature_encoder
+    feature_name = _feature_name(args)
     print(f"{len(planned)} runs: {args.private_records} private records and "
           f"{args.real_records} held-out a seed (seeds {args.seeds}); delta = {delta:.3g}; "
           f"lm {args.lm}, encoder {args.encoder}, second feature space {feature_name}")
@@ -114,10 +114,7 @@ def main(argv=None) -> int:
         kept = [row for row in _rows_of(Path(args.keep_rows_from)) if _key(row) not in keys]
         print(f"kept {len(kept)} rows of {args.keep_rows_from}")
 
-    from offline_models.loading import load_feature_encoder, load_sentence_encoder
-    encoder = MemoisedEncoder(load_sentence_encoder(args.encoder, sequence_length=128))
-    feature_encoder = (None if feature_name is None else
-                       MemoisedEncoder(load_feature_encoder(feature_name, sequence_length=128)))
+    encoders = _encoders(args.encoder, feature_name)
     rows = []
     for seed in seeds:
         private_path, real_rows = _split(args, output, seed)
@@ -127,11 +124,8 @@ def main(argv=None) -> int:
                 continue
             row = _run_method(method, target, seed=seed, args=args, delta=delta, output=output,
                               private_path=private_path, private_rows=private_rows)
-            synthetic = row.pop("synthetic")
-            if not isinstance(synthetic, tuple):
-                synthetic = with_split_labels(synthetic)
-            row.update(_quality(synthetic, real_rows, private_rows, encoder,
-                                feature_encoder, feature_name, seed=seed))
+            row.update(_quality(row.pop("synthetic"), real_rows, private_rows, *encoders,
+                                seed=seed))
             rows.append(row)
             print(_format_row(row), flush=True)
             _write(output, args, delta, _in_method_order(kept + rows))
@@ -150,21 +144,14 @@ def _rescore(path: Path, output: Path) -> int:
     args.output = str(output)
     output.mkdir(parents=True, exist_ok=True)
     rows = _rows_of(path)
-    from offline_models.loading import load_feature_encoder, load_sentence_encoder
-    encoder = MemoisedEncoder(load_sentence_encoder(args.encoder, sequence_length=128))
-    feature_name = None if args.feature_encoder in (None, "", "none") else args.feature_encoder
-    feature_encoder = (None if feature_name is None else
-                       MemoisedEncoder(load_feature_encoder(feature_name, sequence_length=128)))
+    encoders = _encoders(args.encoder, _feature_name(args))
     rescored = []
     for seed in sorted({row["seed"] for row in rows}):
         private_path, real_rows = _split(args, output, seed)
         private_rows = _read_csv(private_path)
         for row in (r for r in rows if r["seed"] == seed):
-            synthetic = _texts_of(row, args, private_rows)
-            if not isinstance(synthetic, tuple):
-                synthetic = with_split_labels(synthetic)
-            row = {**row, **_quality(synthetic, real_rows, private_rows, encoder,
-                                     feature_encoder, feature_name, seed=seed)}
+            row = {**row, **_quality(_texts_of(row, args, private_rows), real_rows,
+                                     private_rows, *encoders, seed=seed)}
             rescored.append(row)
             print(_format_row(row), flush=True)
     rows = _in_method_order(rescored)
@@ -175,20 +162,41 @@ def _rescore(path: Path, output: Path) -> int:
     return 0
 
 
-def _texts_of(row, args, private_rows):
-    """A row's synthetic records (or embeddings) from its kept output."""
-    out = Path(row["output"]) if row.get("output") else None
-    if row["method"].endswith("+embeddings"):
+def _feature_name(args) -> str | None:
+    return None if args.feature_encoder in (None, "", "none") else args.feature_encoder
+
+
+def _encoders(encoder_name: str, feature_name: str | None) -> tuple:
+    """(the run's encoder, the second-space encoder or None, its name), each memoised."""
+    from offline_models.loading import load_feature_encoder, load_sentence_encoder
+
+    encoder = MemoisedEncoder(load_sentence_encoder(encoder_name, sequence_length=128))
+    feature_encoder = (None if feature_name is None else
+                       MemoisedEncoder(load_feature_encoder(feature_name, sequence_length=128)))
+    return encoder, feature_encoder, feature_name
+
+
+def _job_synthetic(method: str, out: Path):
+    """What a job row released, read from its output folder: the synthetic embeddings of
+    an embeddings row, else the synthetic records."""
+    if method.endswith("+embeddings"):
         from transforms.release_embeddings import read_embeddings
         return read_embeddings(str(out / "synthetic_embeddings.npz"))
+    from transforms.write import read_json_lines
+    return read_json_lines(str(out), "synthetic")
+
+
+def _texts_of(row, args, private_rows):
+    """A row's synthetic records (or embeddings) from its kept output."""
+    method = row["method"]
+    out = Path(row["output"]) if row.get("output") else None
+    if method not in ("non_private", "public_prompt"):
+        return _job_synthetic(method, out)
     if out is not None and (out / "synthetic.jsonl").exists():
         return [json.loads(line) for line in
                 (out / "synthetic.jsonl").read_text(encoding="utf-8").splitlines()]
-    if row["method"] in ("non_private", "public_prompt"):
-        return (_non_private if row["method"] == "non_private" else _public_prompt)(
-            args, private_rows, row["seed"])
-    from transforms.write import read_json_lines
-    return read_json_lines(str(out), "synthetic")
+    return (_non_private if method == "non_private" else _public_prompt)(
+        args, private_rows, row["seed"])
 
 
 class MemoisedEncoder:
@@ -429,12 +437,7 @@ def _run_method(method, target, *, seed, args, delta, output, private_path,
         say=lambda line: print(f"  {line}", flush=True))
     wall = time.time() - started
     report = json.loads((out / "privacy_report.json").read_text())
-    if method.endswith("+embeddings"):
-        from transforms.release_embeddings import read_embeddings
-        synthetic = read_embeddings(str(out / "synthetic_embeddings.npz"))
-    else:
-        from transforms.write import read_json_lines
-        synthetic = read_json_lines(str(out), "synthetic")
+    synthetic = _job_synthetic(method, out)
     ex_post = report["ex_post"].get("generation")
     tokens = report["tokens"].get("generation", {})
     return {"method": method, "epsilon_target": target, "seed": seed,
@@ -518,7 +521,7 @@ def _quality(synthetic, real_rows, private_rows, encoder, feature_encoder, featu
         # Feature-level: there is no text to embed in a second space.
         result = evaluate_embeddings(vectors, labels, real_rows, **common)
     else:
-        usable = [r for r in synthetic if r["text"].strip()]
+        usable = with_split_labels([r for r in synthetic if r["text"].strip()])
         if not usable:
             return {"mauve": None, "category_accuracy": None, "stars_accuracy": None,
                     "evaluation": {"reason": "no non-empty synthetic text"}}

@@ -7,7 +7,7 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from offline_models import registry
-from mechanisms import median_ptr, token_rules
+from mechanisms import median_ptr, token_rules, variation
 
 # Completion prompts that name no domain, so that tickets, notes or reviews all fit; a
 # --prompt_template naming the domain ("Support ticket ({label}):") does better on it.
@@ -15,7 +15,6 @@ DEFAULT_TEMPLATE = "Text ({label}):\n{text}\n\nAnother text ({label}):\n"
 DEFAULT_UNLABELLED_TEMPLATE = "Text:\n{text}\n\nAnother text:\n"
 CLUSTERINGS = ("uniform", "public_centers", "dp_kmeans")
 LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT = "logit_aggregation", "private_evolution", "none"
-VARIATIONS = ("template", "rephrase", "fill_in")   # mechanisms/variation.py's kinds
 METHODS = (LOGIT_AGGREGATION, PRIVATE_EVOLUTION, NO_TEXT)
 
 
@@ -155,14 +154,15 @@ class DpSynthOptions(PipelineOptions):
                                     "1): M * L texts vote each round and the redraw picks M; "
                                     "the last round writes one each, so the output keeps M "
                                     "texts. Costs L times the LM's writing; no privacy cost")
-        evolution.add_argument("--pe_variation", choices=VARIATIONS, default=None,
+        evolution.add_argument("--pe_variation", choices=variation.VARIATIONS, default=None,
                                help="how a variation is asked for: 'template' (default: "
                                     "--pe_variation_template, else --prompt_template), "
                                     "'rephrase' (the same text in other words) or 'fill_in' "
                                     "(a share of its words blanked out, then filled in)")
         evolution.add_argument("--pe_blank_fraction", type=float, default=None,
                                help="with --pe_variation fill_in: the share of a member's "
-                                    "words blanked out (default 0.3)")
+                                    f"words blanked out (default "
+                                    f"{variation.DEFAULT_BLANK_FRACTION})")
         evolution.add_argument("--pe_variation_temperature", type=float, default=None,
                                help="sampling temperature of variations (default "
                                     "--temperature)")

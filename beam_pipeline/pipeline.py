@@ -228,10 +228,8 @@ def report_parameters(plan: RunPlan) -> dict:
                           pe_vote_noise=e.vote_noise, pe_vote_threshold=e.vote_threshold,
                           pe_candidates=e.candidates, pe_variation=plan.variation,
                           pe_variation_template=plan.variation_template,
-                          pe_variation_temperature=(plan.variation_temperature
-                                                    or g.temperature),
-                          pe_variation_max_new_tokens=(plan.variation_max_new_tokens
-                                                       or g.max_new_tokens),
+                          pe_variation_temperature=plan.variation_temperature,
+                          pe_variation_max_new_tokens=plan.variation_max_new_tokens,
                           **({"pe_blank_fraction": plan.blank_fraction}
                              if plan.variation == "fill_in" else {}),
                           temperature=g.temperature, top_k=g.top_k,

@@ -16,7 +16,7 @@ from mechanisms.accounting import PrivacyLedger
 from mechanisms import median_ptr
 from mechanisms import record_cap
 from mechanisms import evolve as private_evolution
-from mechanisms import variation
+from mechanisms import variation as variations
 from mechanisms import release_embeddings as synthetic_embeddings
 from transforms.cluster import DP_KMEANS, PUBLIC_CENTERS, UNIFORM, ClusteringConfig
 from mechanisms.generate import GenerationConfig
@@ -63,9 +63,10 @@ class RunPlan:
     evolution: private_evolution.EvolutionConfig | None = None
     variation_template: str | None = None
     # Private Evolution's variations: kind, blanked share (fill_in), temperature and length
-    # (None: the run's --temperature and --max_new_tokens).
-    variation: str = variation.TEMPLATE
-    blank_fraction: float = 0.3
+    # (make_plan sets the last two: the run's --temperature and --max_new_tokens unless set
+    # apart).
+    variation: str = variations.TEMPLATE
+    blank_fraction: float = variations.DEFAULT_BLANK_FRACTION
     variation_temperature: float | None = None
     variation_max_new_tokens: int | None = None
     embeddings: synthetic_embeddings.EmbeddingReleaseConfig | None = None
@@ -153,8 +154,8 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         evolution = private_evolution.EvolutionConfig(
             rounds=o.pe_rounds, population=o.pe_population, vote_noise=value("pe_vote_noise"),
             vote_threshold=o.pe_vote_threshold, candidates=o.pe_candidates or 1)
-        variation_template = variation.variation_template(
-            o.pe_variation or variation.TEMPLATE, labelled=labelled,
+        variation_template = variations.variation_template(
+            o.pe_variation or variations.TEMPLATE, labelled=labelled,
             template=(o.pe_variation_template or template).replace("\\n", "\n"))
         try:
             check_template(variation_template, labelled=labelled)
@@ -203,10 +204,10 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         run_id=uuid.uuid4().hex, budget_ledger=o.budget_ledger,
         lifetime_epsilon=o.lifetime_epsilon, privacy_unit_domain=o.privacy_unit_domain,
         method=o.method, evolution=evolution, variation_template=variation_template,
-        variation=o.pe_variation or variation.TEMPLATE,
-        blank_fraction=o.pe_blank_fraction or 0.3,
-        variation_temperature=o.pe_variation_temperature,
-        variation_max_new_tokens=o.pe_variation_max_new_tokens,
+        variation=o.pe_variation or variations.TEMPLATE,
+        blank_fraction=o.pe_blank_fraction or variations.DEFAULT_BLANK_FRACTION,
+        variation_temperature=o.pe_variation_temperature or o.temperature,
+        variation_max_new_tokens=o.pe_variation_max_new_tokens or o.max_new_tokens,
         embeddings=embeddings, embeddings_format=o.embeddings_format,
         max_records_noise=value("max_records_noise"), encoding=encoding, budget=budget)
 
@@ -222,9 +223,9 @@ def _check_evolution_options(o) -> None:
              f"--pe_candidates must be >= 1, got {o.pe_candidates}")
     _require(o.pe_blank_fraction is None or 0 < o.pe_blank_fraction < 1,
              f"--pe_blank_fraction must lie in (0, 1), got {o.pe_blank_fraction}")
-    _require(o.pe_blank_fraction is None or o.pe_variation == variation.FILL_IN,
+    _require(o.pe_blank_fraction is None or o.pe_variation == variations.FILL_IN,
              "--pe_blank_fraction needs --pe_variation fill_in")
-    _require(o.pe_variation_template is None or o.pe_variation in (None, variation.TEMPLATE),
+    _require(o.pe_variation_template is None or o.pe_variation in (None, variations.TEMPLATE),
              f"--pe_variation_template is the prompt of --pe_variation template; "
              f"--pe_variation {o.pe_variation} has its own: drop one")
     _require(o.pe_variation_temperature is None or o.pe_variation_temperature > 0,

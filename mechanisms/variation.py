@@ -19,6 +19,7 @@ import numpy as np
 TEMPLATE, REPHRASE, FILL_IN = "template", "rephrase", "fill_in"
 VARIATIONS = (TEMPLATE, REPHRASE, FILL_IN)
 BLANK = "___"
+DEFAULT_BLANK_FRACTION = 0.3
 
 _PROMPTS = {
     (REPHRASE, True): "Text ({label}):\n{text}\n\nThe same text in other words ({label}):\n",

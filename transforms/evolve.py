@@ -81,16 +81,16 @@ class PrivateEvolution(beam.PTransform):
                  encoder_sequence_length: int, template: str, variation_template: str,
                  labels, secret: str, stop_text: str | None, max_new_tokens: int,
                  temperature: float, top_k: int | None, texts_per_call: int = 64,
-                 variation: str = variations.TEMPLATE, blank_fraction: float = 0.3,
-                 variation_temperature: float | None = None,
-                 variation_max_new_tokens: int | None = None):
+                 variation_temperature: float, variation_max_new_tokens: int,
+                 variation: str = variations.TEMPLATE,
+                 blank_fraction: float = variations.DEFAULT_BLANK_FRACTION):
+        """`temperature` and `max_new_tokens` write the first population, the
+        `variation_*` ones every variation."""
         super().__init__()
         self._variation = variation
         self._blank_fraction = blank_fraction
-        self._variation_temperature = (temperature if variation_temperature is None
-                                       else variation_temperature)
-        self._variation_max_new_tokens = (max_new_tokens if variation_max_new_tokens is None
-                                          else variation_max_new_tokens)
+        self._variation_temperature = variation_temperature
+        self._variation_max_new_tokens = variation_max_new_tokens
         self._config = config
         self._lm = lm
         self._encoder = encoder

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 import time
 
 import apache_beam as beam
@@ -237,18 +239,25 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
     for path in earlier:
         storage.delete(path)
     started = time.time()
+    ctrl_c = _CtrlCWatch()
     try:
-        pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, plan)
-        result = pipeline.run()
-        if not wait:
-            say(f"dpsynth: job submitted; outputs will appear in {plan.output} when it succeeds")
-            return {"submitted": True, "run_id": plan.run_id, "output": plan.output}
-        result.wait_until_finish()
+        with ctrl_c:
+            pipeline = beam.Pipeline(options=options)
+            build_pipeline(pipeline, plan)
+            result = pipeline.run()
+            if not wait:
+                say(f"dpsynth: job submitted; outputs will appear in {plan.output} when it "
+                    "succeeds")
+                return {"submitted": True, "run_id": plan.run_id, "output": plan.output}
+            result.wait_until_finish()
     except BaseException as error:
         _mark(plan, "failed")
-        if isinstance(error, KeyboardInterrupt):
+        if isinstance(error, KeyboardInterrupt) or ctrl_c.pressed:
             remove_staging(plan.output, plan.run_id)
+            # A stage that Ctrl-C stops mid-element reaches us as Beam's RuntimeError
+            # "KeyboardInterrupt [while running ...]": it is still an interruption.
+            if not isinstance(error, KeyboardInterrupt):
+                raise KeyboardInterrupt from error
         raise
     _mark(plan, "completed")
     elapsed = time.time() - started
@@ -269,6 +278,33 @@ def run(argv, *, say=print, wait: bool = True) -> dict:
     say(f"dpsynth: outputs in {plan.output}; formal epsilon {epsilon:.4g} at delta "
         f"{plan.delta:g}")
     return summary
+
+
+class _CtrlCWatch:
+    """Notes whether Ctrl-C reached this process while the job ran, whatever exception
+    Beam turns the KeyboardInterrupt into; Python's own handler still raises it."""
+
+    def __init__(self):
+        self.pressed = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame):
+        self.pressed = True
+        if callable(self._previous):
+            self._previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def _mark(plan, status: str) -> None:

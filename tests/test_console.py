@@ -206,3 +206,29 @@ def test_an_interrupted_stage_logs_nothing_on_the_console():
         import sys
         assert not keep(record("bundle failed", sys.exc_info()))
     assert keep(record("ValueError [while running 'Read']"))
+
+
+def test_ctrl_c_that_beam_rewraps_as_runtime_error_is_still_an_interruption(tmp_path, reviews,
+                                                                             monkeypatch):
+    """Beam re-raises a KeyboardInterrupt stopped inside a DoFn as RuntimeError
+    ("KeyboardInterrupt [while running ...]"); the run must still clean up and say so."""
+    import apache_beam as beam
+
+    from beam_pipeline import run as run_module
+
+    def interrupted_run(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the watch notes it and raises KeyboardInterrupt
+        raise AssertionError("SIGINT did not interrupt")
+
+    def rewrapped(self, *args, **kwargs):
+        try:
+            interrupted_run(self)
+        except KeyboardInterrupt:
+            raise RuntimeError("KeyboardInterrupt [while running 'Generate']") from None
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(beam.Pipeline, "run", rewrapped)
+    with pytest.raises(KeyboardInterrupt):
+        run_module.run(tiny_args(reviews, out, "--clustering", "uniform"), say=lambda _: None)
+    assert not glob.glob(str(out / ".staging-*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

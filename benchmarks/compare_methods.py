@@ -69,11 +69,23 @@ PE_ROUNDS, PE_MIN_POPULATION = 3, 32
 # DP synthetic embeddings: one noise sigma for every release; dp_kmeans with K centres per
 # label and R Lloyd rounds (uniform: one Gaussian per label, no k-means).
 EMBEDDING_CLUSTERS, EMBEDDING_ROUNDS = 2, 2
+# Private Evolution's levers (Aug-PE), one at a time and together: each variant is the base
+# row's settings plus these job options. More rounds split the same budget over more votes.
+PE_VARIANTS = {
+    "private_evolution": {},
+    "private_evolution+candidates4": {"--pe_candidates": "4"},
+    "private_evolution+rounds6": {"--pe_rounds": "6"},
+    "private_evolution+rephrase": {"--pe_variation": "rephrase"},
+    "private_evolution+fill_in": {"--pe_variation": "fill_in"},
+    "private_evolution+cool": {"--pe_variation_temperature": "0.7"},
+    "private_evolution+all": {"--pe_candidates": "4", "--pe_rounds": "6",
+                              "--pe_variation": "fill_in"},
+}
 METHODS = ("uniform+mean", "public_centers+mean", "public_centers+median",
-           "dp_kmeans+median", "public_centers+median_ptr", "private_evolution",
+           "dp_kmeans+median", "public_centers+median_ptr", *PE_VARIANTS,
            "uniform+embeddings", "dp_kmeans+embeddings", "public_prompt", "non_private")
-CALIBRATED = ("+mean", "+median_ptr", "private_evolution", "+embeddings")
-NOISE_CALIBRATED = ("private_evolution", "uniform+embeddings", "dp_kmeans+embeddings")
+CALIBRATED = ("+mean", "+median_ptr", *PE_VARIANTS, "+embeddings")
+NOISE_CALIBRATED = (*PE_VARIANTS, "uniform+embeddings", "dp_kmeans+embeddings")
 # The rows that compare the methods a user picks from; the embedding rows are on request.
 DEFAULT_METHODS = ("uniform+mean", "public_centers+mean", "public_centers+median",
                    "public_centers+median_ptr", "private_evolution", "public_prompt",
@@ -365,13 +377,15 @@ def _method_arguments(method, target, args, delta):
     """(pipeline arguments of the method, the clip or noise it uses) at a target epsilon."""
     from mechanisms import accounting
 
-    if method == "private_evolution":
+    if method in PE_VARIANTS:
+        lever = {"--pe_rounds": str(PE_ROUNDS), **PE_VARIANTS[method]}
         sigma = accounting.calibrate_gaussian_noise(target_epsilon=target, delta=delta,
-                                                    releases=PE_ROUNDS)
+                                                    releases=int(lever["--pe_rounds"]))
         population = max(PE_MIN_POPULATION, _texts_of_a_run(args.private_records))
-        return ["--method", "private_evolution", "--pe_rounds", str(PE_ROUNDS),
-                "--pe_population", str(population), "--pe_vote_noise", repr(sigma),
-                "--pe_vote_threshold", repr(sigma), "--target_epsilon", repr(target)], sigma
+        lever.update({"--pe_population": str(population), "--pe_vote_noise": repr(sigma),
+                      "--pe_vote_threshold": repr(sigma), "--target_epsilon": repr(target)})
+        return ["--method", "private_evolution",
+                *(item for pair in lever.items() for item in pair)], sigma
     clustering, aggregator = method.split("+")
     if aggregator == "embeddings":
         kmeans = clustering == "dp_kmeans"

@@ -301,3 +301,23 @@ def test_compare_methods_scores_earlier_rows_again_from_their_kept_texts(tmp_pat
                                  "--output", str(tmp_path / "third")]) == 0
     third = json.loads((tmp_path / "third" / "compare.json").read_text())["rows"]
     assert third[-1]["evaluation"]["samples"] == rows[-1]["evaluation"]["samples"]
+
+
+def test_private_evolution_levers_run_as_rows_of_their_own(tmp_path):
+    """Each Aug-PE lever is a row of the comparison: its job options reach the job, and
+    more rounds split the same target epsilon over more votes (more noise a vote)."""
+    out, rows = _compare_on_tiny_models(
+        tmp_path, "--methods", "private_evolution,private_evolution+rounds6,"
+        "private_evolution+fill_in", "--epsilons", "3")
+    assert [r["method"] for r in rows] == ["private_evolution", "private_evolution+rounds6",
+                                           "private_evolution+fill_in"]
+    noise = {r["method"]: r["noise_multiplier"] for r in rows}
+    assert noise["private_evolution+rounds6"] > noise["private_evolution"]
+    assert noise["private_evolution+fill_in"] == noise["private_evolution"]
+    for row in rows:
+        assert row["epsilon_formal"] == pytest.approx(3.0, rel=0.02)
+        report = json.loads((Path(row["output"]) / "privacy_report.json").read_text())
+        evolution = report["parameters"]
+        assert evolution["pe_rounds"] == (6 if row["method"].endswith("rounds6") else 3)
+        assert evolution["pe_variation"] == ("fill_in" if row["method"].endswith("fill_in")
+                                             else "template")

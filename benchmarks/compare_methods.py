@@ -674,8 +674,11 @@ def _plot(rows, path: Path) -> None:
                 mean, sd = _spread([r.get(metric) for r in group])
                 formal = group[0]["epsilon_formal"]
                 formal = math.inf if formal == "inf" else formal
+                # Calibrated rows sit at their target (their formal epsilon is within a
+                # percent of it), so that rows of one target share one tick.
+                where = group[0]["epsilon_target"] or formal
                 if mean is not None:
-                    points.append((formal, mean, sd or 0.0,
+                    points.append((where, mean, sd or 0.0,
                                    _spread([r.get("epsilon_ex_post_max") for r in group])[0]))
             if not points:
                 continue
@@ -703,7 +706,15 @@ def _plot(rows, path: Path) -> None:
                           color=container.lines[0].get_color(),
                           label=f"{method} (ex-post max, not formal)")
         axis.set_xscale("log")
-        axis.set_xlabel("epsilon (formal; hollow squares: ex-post, not formal)")
+        # Ticks at the epsilons that ran, not the log axis's own: with every row at one
+        # epsilon its own ticks repeat one label.
+        plotted = sorted({float(r["epsilon_target"] or r["epsilon_formal"]) for r in rows
+                          if r["method"] not in ("non_private", "public_prompt")
+                          and isinstance(r["epsilon_formal"], (int, float))})
+        if plotted:
+            axis.set_xticks(plotted, [f"{value:.3g}" for value in plotted])
+            axis.minorticks_off()
+        axis.set_xlabel("epsilon (formal, at the target; hollow squares: ex-post, not formal)")
         axis.set_title(title, fontsize=9)
     handles, labels = axes[0].get_legend_handles_labels()
     bottom = 0.0

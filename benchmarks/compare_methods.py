@@ -66,6 +66,7 @@ PTR_SVT_SHARE = 0.25           # the stability test's epsilon, as a share of the
 # M is n / s, as many texts as a logit-aggregation row writes, and at least PE_MIN_POPULATION
 # so that every one of the 10 categories keeps members.
 PE_ROUNDS, PE_MIN_POPULATION = 3, 32
+REAL_LENGTHS = ("generation", "full")
 # DP synthetic embeddings: one noise sigma for every release; dp_kmeans with K centres per
 # label and R Lloyd rounds (uniform: one Gaussian per label, no k-means).
 EMBEDDING_CLUSTERS, EMBEDDING_ROUNDS = 2, 2
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
         _plot(rows, Path(args.table_from).with_suffix(".png"))
         return 0
     if args.rescore_from:
-        return _rescore(Path(args.rescore_from), Path(args.output))
+        return _rescore(Path(args.rescore_from), Path(args.output), args.real_length)
     requested = args.methods.split(",")
     unknown = [method for method in requested if method not in METHODS]
     if unknown:
@@ -131,12 +132,13 @@ def main(argv=None) -> int:
     for seed in seeds:
         private_path, real_rows = _split(args, output, seed)
         private_rows = _read_csv(private_path)
+        references = _references(real_rows, args)
         for method, target, row_seed in planned:
             if row_seed != seed:
                 continue
             row = _run_method(method, target, seed=seed, args=args, delta=delta, output=output,
                               private_path=private_path, private_rows=private_rows)
-            row.update(_quality(row.pop("synthetic"), real_rows, private_rows, *encoders,
+            row.update(_quality(row.pop("synthetic"), references, private_rows, *encoders,
                                 seed=seed))
             rows.append(row)
             print(_format_row(row), flush=True)
@@ -150,10 +152,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _rescore(path: Path, output: Path) -> int:
+def _rescore(path: Path, output: Path, real_length: str) -> int:
     saved = json.loads(path.read_text())
     args = argparse.Namespace(**{**vars(_parser().parse_args([])), **saved["settings"]})
-    args.output = str(output)
+    args.output, args.real_length = str(output), real_length
     output.mkdir(parents=True, exist_ok=True)
     rows = _rows_of(path)
     encoders = _encoders(args.encoder, _feature_name(args))
@@ -161,8 +163,9 @@ def _rescore(path: Path, output: Path) -> int:
     for seed in sorted({row["seed"] for row in rows}):
         private_path, real_rows = _split(args, output, seed)
         private_rows = _read_csv(private_path)
+        references = _references(real_rows, args)
         for row in (r for r in rows if r["seed"] == seed):
-            row = {**row, **_quality(_texts_of(row, args, private_rows), real_rows,
+            row = {**row, **_quality(_texts_of(row, args, private_rows), references,
                                      private_rows, *encoders, seed=seed)}
             rescored.append(row)
             print(_format_row(row), flush=True)
@@ -283,6 +286,11 @@ def _parser():
                              "that the synthetic records carry stars too")
     parser.add_argument("--feature_encoder", default="gemma3-270m",
                         help="MAUVE's second feature space, one no method uses ('none': skip)")
+    parser.add_argument("--real_length", choices=REAL_LENGTHS, default="generation",
+                        help="the held-out reviews that text rows are scored against: cut to "
+                             "their first --max_new_tokens tokens of --lm, as long as a "
+                             "synthetic text can be ('generation'), or whole ('full': then "
+                             "MAUVE mostly measures that real reviews are 4-5 times longer)")
     parser.add_argument("--seeds", default="0",
                         help="comma-separated; each seed reruns every row on its own shuffle, "
                              "run secret and sampling draws")
@@ -418,7 +426,8 @@ def _method_arguments(method, target, args, delta):
     svt_epsilon = PTR_SVT_SHARE * target
     clip = accounting.calibrate_median_ptr_clip(**common, bound_ratio=PTR_BOUND_RATIO,
                                                 svt_epsilon=svt_epsilon)
-    return arguments + ["--clip", repr(clip), "--ptr_bound", repr(PTR_BOUND_RATIO * clip / BATCH_SIZE),
+    bound = PTR_BOUND_RATIO * clip / BATCH_SIZE
+    return arguments + ["--clip", repr(clip), "--ptr_bound", repr(bound),
                         "--ptr_svt_epsilon", repr(svt_epsilon)], clip
 
 
@@ -520,7 +529,25 @@ def _sample(args, texts_and_labels, *, secret) -> list[dict]:
 # -------------------------------------------------------------------- quality
 
 
-def _quality(synthetic, real_rows, private_rows, encoder, feature_encoder, feature_name, *,
+def _references(real_rows, args) -> dict:
+    """The held-out reviews as text rows are scored against them ("text": cut per
+    --real_length) and as embedding rows are ("embeddings": whole, like the private records
+    whose embeddings those rows average)."""
+    if args.real_length == "full":
+        return {"text": real_rows, "embeddings": real_rows}
+    from offline_models.loading import load_causal_lm
+
+    lm = load_causal_lm(args.lm)
+    start = len(lm.encode(""))
+    cut = []
+    for row, tokens in zip(real_rows, lm.encode_batch([r["text"] for r in real_rows])):
+        # Token for token what the LM could have written: a synthetic text stops at the
+        # same budget, mid-word too.
+        cut.append({**row, "text": lm.decode(tokens[start:start + args.max_new_tokens])})
+    return {"text": cut, "embeddings": real_rows}
+
+
+def _quality(synthetic, references, private_rows, encoder, feature_encoder, feature_name, *,
              seed) -> dict:
     from evaluation.embeddings import evaluate_embeddings
     from evaluation.evaluate import evaluate
@@ -533,13 +560,13 @@ def _quality(synthetic, real_rows, private_rows, encoder, feature_encoder, featu
             return {"mauve": None, "category_accuracy": None, "stars_accuracy": None,
                     "evaluation": {"reason": "no synthetic embedding"}}
         # Feature-level: there is no text to embed in a second space.
-        result = evaluate_embeddings(vectors, labels, real_rows, **common)
+        result = evaluate_embeddings(vectors, labels, references["embeddings"], **common)
     else:
         usable = with_split_labels([r for r in synthetic if r["text"].strip()])
         if not usable:
             return {"mauve": None, "category_accuracy": None, "stars_accuracy": None,
                     "evaluation": {"reason": "no non-empty synthetic text"}}
-        result = evaluate(usable, real_rows, **common, feature_encoder=feature_encoder,
+        result = evaluate(usable, references["text"], **common, feature_encoder=feature_encoder,
                           feature_encoder_name=feature_name)
     downstream = result["downstream"]
     second = result.get("mauve_feature_encoder") or {}

@@ -321,3 +321,24 @@ def test_private_evolution_levers_run_as_rows_of_their_own(tmp_path):
         assert evolution["pe_rounds"] == (6 if row["method"].endswith("rounds6") else 3)
         assert evolution["pe_variation"] == ("fill_in" if row["method"].endswith("fill_in")
                                              else "template")
+
+
+def test_text_rows_are_scored_against_held_out_reviews_cut_to_the_generation_budget(tmp_path):
+    """Real reviews are several times longer than a synthetic text can be; scored whole,
+    MAUVE mostly measures length. By default they are cut to --max_new_tokens tokens of
+    the LM; --real_length full (here through --rescore_from) keeps them whole."""
+    from offline_models.loading import load_causal_lm
+
+    out, rows = _compare_on_tiny_models(tmp_path, "--methods", "non_private")
+    cut = rows[0]["evaluation"]["lengths"]["real"]["chars"]
+    lm = load_causal_lm("tiny-llama3")
+    samples = rows[0]["evaluation"]
+    assert cut["max"] <= 3 * max(len(lm.decode([t])) for t in range(lm.vocabulary_size))
+    whole_out = tmp_path / "whole"
+    assert compare_methods.main(["--rescore_from", str(out / "compare.json"), "--output",
+                                 str(whole_out), "--real_length", "full"]) == 0
+    whole = json.loads((whole_out / "compare.json").read_text())["rows"][0]
+    assert whole["evaluation"]["lengths"]["real"]["chars"]["mean"] > 3 * cut["mean"]
+    # The synthetic side is the same texts either way.
+    assert (whole["evaluation"]["lengths"]["synthetic"]
+            == samples["lengths"]["synthetic"])

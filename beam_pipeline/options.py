@@ -147,8 +147,10 @@ class DpSynthOptions(PipelineOptions):
                                     "votes above H")
         evolution.add_argument("--pe_variation_template", default=None,
                                help="prompt for a variation of a member, with {text} (the "
-                                    "member) and, with labels, {label}; default: "
-                                    "--prompt_template, which asks for another text like it")
+                                    "member; with --pe_variation fill_in, the member with "
+                                    "blanks) and, with labels, {label}; default: the "
+                                    "--pe_variation kind's own prompt, which for 'template' "
+                                    "is --prompt_template")
         evolution.add_argument("--pe_candidates", type=int, default=None,
                                help="L, variations written of every member drawn (default "
                                     "1): M * L texts vote each round and the redraw picks M; "

@@ -154,9 +154,12 @@ def make_plan(options: opts.DpSynthOptions) -> RunPlan:
         evolution = private_evolution.EvolutionConfig(
             rounds=o.pe_rounds, population=o.pe_population, vote_noise=value("pe_vote_noise"),
             vote_threshold=o.pe_vote_threshold, candidates=o.pe_candidates or 1)
-        variation_template = variations.variation_template(
-            o.pe_variation or variations.TEMPLATE, labelled=labelled,
-            template=(o.pe_variation_template or template).replace("\\n", "\n"))
+        # A prompt of the user's replaces the kind's own: the generic rephrase and fill-in
+        # prompts know nothing of the domain ("Text:"), which a small base LM then copies.
+        variation_template = (
+            o.pe_variation_template.replace("\\n", "\n") if o.pe_variation_template
+            else variations.variation_template(o.pe_variation or variations.TEMPLATE,
+                                               labelled=labelled, template=template))
         try:
             check_template(variation_template, labelled=labelled)
         except ValueError as error:
@@ -225,9 +228,6 @@ def _check_evolution_options(o) -> None:
              f"--pe_blank_fraction must lie in (0, 1), got {o.pe_blank_fraction}")
     _require(o.pe_blank_fraction is None or o.pe_variation == variations.FILL_IN,
              "--pe_blank_fraction needs --pe_variation fill_in")
-    _require(o.pe_variation_template is None or o.pe_variation in (None, variations.TEMPLATE),
-             f"--pe_variation_template is the prompt of --pe_variation template; "
-             f"--pe_variation {o.pe_variation} has its own: drop one")
     _require(o.pe_variation_temperature is None or o.pe_variation_temperature > 0,
              f"--pe_variation_temperature must be > 0, got {o.pe_variation_temperature}")
     _require(o.pe_variation_max_new_tokens is None or o.pe_variation_max_new_tokens >= 1,

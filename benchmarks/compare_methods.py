@@ -79,6 +79,13 @@ PE_VARIANTS = {
     "private_evolution+rephrase": {"--pe_variation": "rephrase"},
     "private_evolution+fill_in": {"--pe_variation": "fill_in"},
     "private_evolution+cool": {"--pe_variation_temperature": "0.7"},
+    "private_evolution+rephrase_yelp": {
+        "--pe_variation": "rephrase", "--pe_variation_template":
+            "Yelp review ({label}):\n{text}\n\nThe same Yelp review in other words ({label}):\n"},
+    "private_evolution+fill_in_yelp": {
+        "--pe_variation": "fill_in", "--pe_variation_template":
+            "Yelp review with blanks ({label}):\n{text}\n\n"
+            "The same Yelp review with every blank filled in ({label}):\n"},
     "private_evolution+all": {"--pe_candidates": "4", "--pe_rounds": "6",
                               "--pe_variation": "fill_in"},
 }

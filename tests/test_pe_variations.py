@@ -97,8 +97,6 @@ def test_more_rounds_are_calibrated_to_the_same_target(tmp_path):
     (("--pe_candidates", "0"), "--pe_candidates must be >= 1"),
     (("--pe_variation", "fill_in", "--pe_blank_fraction", "1.5"), "--pe_blank_fraction"),
     (("--pe_blank_fraction", "0.2"), "needs --pe_variation fill_in"),
-    (("--pe_variation", "rephrase", "--pe_variation_template", "x {text} {label}"),
-     "--pe_variation_template"),
     (("--pe_variation_temperature", "0"), "--pe_variation_temperature"),
     (("--pe_variation_max_new_tokens", "0"), "--pe_variation_max_new_tokens"),
 ])
@@ -171,3 +169,15 @@ def test_variation_kind_and_length_reach_the_lm(tmp_path):
     assert report["parameters"]["pe_blank_fraction"] == 0.5
     assert report["parameters"]["pe_variation_temperature"] == 0.5
     assert [r["text"] for r in filled] != [r["text"] for r in rephrased]
+
+
+def test_a_variation_template_of_the_users_replaces_the_kinds_own_prompt(tmp_path):
+    """The generic rephrase and fill-in prompts know nothing of the domain; a user's
+    prompt takes their place, and fill-in still blanks the member it shows."""
+    domain = "Review:\\n{text}\\n\\nThe same review in other words:\\n"
+    plan = _plan(tmp_path, "--pe_variation", "rephrase", "--pe_variation_template", domain)
+    assert plan.variation_template == domain.replace("\\n", "\n")
+    plan = _plan(tmp_path, "--pe_variation", "fill_in", "--pe_variation_template", domain)
+    assert plan.variation == "fill_in" and plan.variation_template.startswith("Review:")
+    assert _plan(tmp_path, "--pe_variation", "rephrase").variation_template != \
+        plan.variation_template

@@ -156,6 +156,10 @@ def _parser():
                                "beside the --encoder's: an LM name (gemma3-270m, smollm2-135m: "
                                "its last hidden state, mean-pooled) or another encoder "
                                "(default: none)")
+    evaluate.add_argument("--real_max_words", type=_positive_int, default=None,
+                          help="cut every real text to its first N words before scoring, so "
+                               "that long real texts are compared with short synthetic ones "
+                               "like with like (default: whole)")
     evaluate.add_argument("--seed", type=int, default=0,
                           help="seed of the subsampling, the split, k-means and the classifier "
                                "(default: 0)")
@@ -414,7 +418,8 @@ def _evaluate(args):
             label_columns=args.label_column, synthetic_label_column=args.synthetic_label_column,
             text_column=args.text_column, synthetic_text_column=args.synthetic_text_column,
             encoder=args.encoder, encoder_sequence_length=args.encoder_sequence_length,
-            seed=args.seed, feature_encoder=args.feature_encoder, say=say)
+            seed=args.seed, feature_encoder=args.feature_encoder,
+            real_max_words=args.real_max_words, say=say)
     except InputError as error:
         raise UsageError(str(error)) from None
     for figure, value, meaning in summary_rows(result):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -321,14 +322,15 @@ def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
                    label_columns: Sequence[str] = (), synthetic_label_column: str | None = None,
                    text_column: str = "text", synthetic_text_column: str = "text",
                    encoder: str, encoder_sequence_length: int = 128, seed: int = 0,
-                   feature_encoder: str | None = None,
+                   feature_encoder: str | None = None, real_max_words: int | None = None,
                    say: Callable[[str], None] | None = None) -> tuple[dict, dict]:
     """Reads the files, evaluates, writes the report into `output`: (result, {kind: path}).
 
     The synthetic side is either records (`synthetic`) or a synthetic embeddings file
     (`synthetic_embeddings`, .npz or .parquet, see evaluation/embeddings.py): exactly one.
     A user mistake in the inputs (missing or empty file, unknown column, wrong format) raises
-    `data.InputError` before any model is loaded.
+    `data.InputError` before any model is loaded. `real_max_words` cuts every real text to
+    its first words (the private records, read for copying, stay whole).
     """
     from evaluation import data, report
 
@@ -358,8 +360,13 @@ def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
         synthetic_file = data.read_records(
             synthetic, what="synthetic", text_column=synthetic_text_column,
             label_columns=label_columns, label_field="label", require_labels=False)
+    if real_max_words is not None and real_max_words < 1:
+        raise data.InputError(f"--real_max_words must be >= 1, got {real_max_words}")
     real_file = data.read_records(real, what="real", text_column=text_column,
                                   label_columns=label_columns)
+    if real_max_words is not None:
+        for record in real_file.records:
+            record["text"] = first_words(record["text"], real_max_words)
     private_file = None
     if private is not None:
         private_file = data.read_records(private, what="private", text_column=text_column,
@@ -418,7 +425,8 @@ def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
         result["settings"].update(synthetic_text_column=synthetic_text_column)
         synthetic_texts = [r["text"] for r in synthetic_file.records]
     result["settings"].update(encoder=encoder, encoder_sequence_length=encoder_sequence_length,
-                              text_column=text_column, feature_encoder=feature_encoder)
+                              text_column=text_column, feature_encoder=feature_encoder,
+                              real_max_words=real_max_words)
     result["privacy"] = run_privacy(synthetic_file.files)
     result = {"inputs": {"synthetic": synthetic_file.summary(), "real": real_file.summary(),
                          "private": None if private_file is None else private_file.summary()},
@@ -430,6 +438,12 @@ def evaluate_files(*, synthetic: str | None = None, real: str, output: str,
         raise data.InputError(f"cannot write the report into {output}: "
                               f"{error.strerror or error}") from None
     return result, paths
+
+
+def first_words(text: str, count: int) -> str:
+    """`text` up to the end of its `count`-th whitespace-separated word."""
+    words = list(re.finditer(r"\S+", text))
+    return text if len(words) <= count else text[:words[count - 1].end()]
 
 
 def _read_embeddings_file(path: str):

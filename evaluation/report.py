@@ -409,6 +409,9 @@ def verdict(result: dict) -> dict:
     if phrase:
         phrases.append(phrase)
     findings.append(sentence)
+    length_warning = _length_mismatch(result.get("lengths"), result.get("settings", {}))
+    if length_warning:
+        findings.append(length_warning)
     rough = any(f.warning for f in figures(result))
     if rough:
         findings.append(f"Some figures rest on fewer than {FEW_RECORDS} records a side (marked "
@@ -417,6 +420,27 @@ def verdict(result: dict) -> dict:
     if rough:
         headline = "Rough verdict, from few records: " + headline[0].lower() + headline[1:]
     return {"headline": headline, "findings": findings, "rough": rough}
+
+
+# Real texts this many times longer (median words) than the synthetic ones are compared
+# mostly on length: MAUVE's features and the classifiers both see it.
+LENGTH_MISMATCH_RATIO = 2.0
+
+
+def _length_mismatch(lengths: dict | None, settings: dict) -> str | None:
+    try:
+        real = lengths["real"]["words"]["median"]
+        synthetic = lengths["synthetic"]["words"]["median"]
+    except (KeyError, TypeError):
+        return None
+    if not real or not synthetic or real < LENGTH_MISMATCH_RATIO * synthetic:
+        return None
+    cut = settings.get("real_max_words")
+    advice = (f"they are already cut to {cut} words" if cut else
+              f"--real_max_words {int(round(synthetic))} compares like with like")
+    return (f"The real texts are {real / synthetic:.1f} times longer than the synthetic ones "
+            f"(median {real:g} against {synthetic:g} words), so the figures above partly "
+            f"measure length: {advice}.")
 
 
 def _and(phrases: list[str]) -> str:

@@ -954,3 +954,45 @@ def test_the_downstream_classifier_learns_minority_classes_from_unbalanced_embed
     plain = LogisticRegression(max_iter=2000, random_state=0).fit(train_x, train_y)
     before = metrics.balanced_accuracy(plain.predict(test_x), test_y)   # the old classifier
     assert result["balanced_accuracy"] > before + 0.2
+
+
+def test_first_words_keeps_whole_words_and_their_spacing_exhaustively():
+    from evaluation.evaluate import first_words
+
+    for text in ("", "one", "  one  two\tthree\n four ", "a b", "x\n\ny z"):
+        words = text.split()
+        for count in range(1, len(words) + 2):
+            cut = first_words(text, count)
+            assert cut.split() == words[:count]
+            assert text.startswith(cut)
+            if count >= len(words):
+                assert cut == text
+
+
+def test_long_real_texts_are_flagged_and_real_max_words_cuts_them(tmp_path, capsys):
+    """Synthetic texts of a few words against real ones many times longer: the verdict says
+    the figures partly measure length; --real_max_words cuts the real side."""
+    real, synthetic = _command_inputs(tmp_path)
+    rows = list(csv.DictReader(open(real, encoding="utf-8")))
+    for row in rows:
+        row["text"] = " ".join([row["text"]] * 6)
+    long_real = _write_csv(tmp_path / "long.csv", rows)
+
+    def evaluated(name, *extra):
+        output = tmp_path / name
+        assert cli.main(["evaluate", "--synthetic", str(synthetic), "--real", str(long_real),
+                         "--label_column", "category", "--encoder", "tiny-bert",
+                         "--encoder_sequence_length", "32", "--output", str(output),
+                         *extra]) == 0, capsys.readouterr().err
+        return json.loads((output / "evaluation.json").read_text())
+
+    whole = evaluated("whole")
+    words = whole["lengths"]["synthetic"]["words"]["median"]
+    assert any("times longer than the synthetic ones" in f and "--real_max_words" in f
+               for f in whole["verdict"]["findings"]), whole["verdict"]
+    cut = evaluated("cut", "--real_max_words", str(int(words)))
+    assert cut["lengths"]["real"]["words"]["max"] <= int(words)
+    assert cut["settings"]["real_max_words"] == int(words)
+    assert not any("times longer" in f for f in cut["verdict"]["findings"])
+    assert cli.main(["evaluate", "--synthetic", str(synthetic), "--real", str(long_real),
+                     "--real_max_words", "0", "--output", str(tmp_path / "x")]) == 2

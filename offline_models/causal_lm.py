@@ -17,7 +17,10 @@ their windows unchanged too.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import logging
 from typing import Sequence
 
@@ -33,6 +36,27 @@ ROW_BUCKET = 8
 PREFILL_ROWS = 8  # a multiple of ROW_BUCKET, so every chunk is full
 END_OF_DOCUMENT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>",
                           "<eos>", "<end_of_turn>")
+
+
+def release_freed_memory() -> bool:
+    """Hands the pages malloc keeps for blocks already freed back to the system.
+
+    Tensors of a few MB (a prefill's activations, a finished call's buffers) come
+    from glibc's heaps, which return nothing while a block above them is live; a
+    run's resident memory then climbs from call to call by what earlier calls
+    freed. False where there is no glibc (nothing to release).
+    """
+    trim = _malloc_trim()
+    return bool(trim is not None and trim(0))
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -94,7 +118,7 @@ class CausalLanguageModel:
             self._gemma3_decode_step_eager if gemma else self._decode_step_eager,
             jit_compile=jit_compile)
         self._prefill_forward = tf.function(
-            self._gemma3_prefill_eager if gemma else self._cached_forward_eager,
+            self._gemma3_prefill_eager if gemma else self._prefill_eager,
             jit_compile=False, reduce_retracing=True)
 
     # --- text ----------------------------------------------------------------
@@ -180,11 +204,18 @@ class CausalLanguageModel:
         # its own longest prompt, written at the end of the shared prompt
         # window, which saves the padding work and bounds the activations.
         order = sorted(range(rows), key=lambda r: -len(padded_prompts[r]))
+        # The cache is a run's largest allocation: what earlier calls freed goes
+        # back to the system first rather than sit beside it.
+        release_freed_memory()
         # The cache lives in variables updated in place, so neither the
         # prefill nor a decoding step holds a second copy of it.
         caches = [tf.Variable(tf.zeros(self._layer_cache_shape(rows, cache_length), "float32"),
                               trainable=False)
                   for _ in self.backbone.transformer_layers]
+        cache_handles = [cache.handle for cache in caches]
+        # keras-hub's cached layer call returns an updated copy and leaves its
+        # input cache untouched, so one empty chunk cache serves every layer.
+        empty_chunk_cache = None
         logits = np.zeros((rows, self.vocabulary_size), dtype="float32")
         for begin in range(0, rows, PREFILL_ROWS):
             chunk = order[begin:begin + PREFILL_ROWS]
@@ -193,15 +224,18 @@ class CausalLanguageModel:
             token_ids = np.zeros((len(chunk), chunk_length), dtype="int32")
             for i, r in enumerate(chunk):
                 token_ids[i, chunk_length - len(padded_prompts[r]):] = padded_prompts[r]
-            empty = [tf.zeros(self._layer_cache_shape(len(chunk), cache_length), "float32")
-                     for _ in self.backbone.transformer_layers]
-            chunk_logits, chunk_caches = self._prefill_forward(
-                tf.constant(token_ids), empty, tf.constant(key_mask[chunk]),
+            chunk_cache_shape = self._layer_cache_shape(len(chunk), cache_length)
+            if empty_chunk_cache is None or tuple(empty_chunk_cache.shape) != chunk_cache_shape:
+                empty_chunk_cache = tf.zeros(chunk_cache_shape, "float32")
+            chunk_logits = self._prefill_forward(
+                tf.constant(token_ids), empty_chunk_cache, cache_handles,
+                tf.constant(np.asarray(chunk, dtype="int32")[:, None]),
+                tf.constant(key_mask[chunk]),
                 tf.constant(prompt_length - chunk_length, dtype="int32"))
-            rows_index = tf.constant(np.asarray(chunk, dtype="int32")[:, None])
-            for variable, chunk_cache in zip(caches, chunk_caches):
-                variable.scatter_nd_update(rows_index, chunk_cache)
             logits[chunk] = chunk_logits.numpy()
+        del empty_chunk_cache, chunk_logits
+        # The decoding steps allocate differently sized blocks than the prefill.
+        release_freed_memory()
         return DecodeState([list(p) for p in prompts], caches, tf.constant(key_mask),
                            prompt_length, cache_length, logits[:len(prompts)])
 
@@ -232,7 +266,7 @@ class CausalLanguageModel:
     def _write_cache(self, handle, slots, updates):
         """Scatters `updates` into the cache variable behind `handle`, in place.
 
-        The decoding steps take the caches' resource handles, not the variables: a
+        The prefill and decoding steps take the caches' resource handles, not the variables: a
         tf.function keeps the variables of the call that traced it alive for good, which
         held one whole cache (about 1 GB at 72 rows) per traced shape.
         """
@@ -296,24 +330,30 @@ class CausalLanguageModel:
         hidden = self.backbone.layer_norm(x[:, -1, :])
         return self.backbone.token_embedding(hidden, reverse=True)
 
-    def _cached_forward_eager(self, token_ids, caches, key_mask, start_index):
+    def _prefill_eager(self, token_ids, empty_chunk_cache, cache_handles, cache_rows, key_mask,
+                       start_index):
+        """Reads a chunk of left-padded prompts through the Llama blocks' own cached call.
+
+        Each layer's chunk cache is scattered into rows `cache_rows` of its cache
+        variable as soon as the layer has run, so at most a layer or two of chunk
+        caches are alive at once instead of a whole chunk-sized copy of the cache.
+        """
         tf = self._tf
         x = self.backbone.token_embedding(token_ids)
         query_length = tf.shape(token_ids)[1]
         # (rows, queries, keys): a query may see every real key; causality
         # relative to start_index is added by the decoder layer itself.
         attention_mask = tf.repeat(key_mask[:, None, :], query_length, axis=1)
-        updated = []
-        for layer, cache in zip(self.backbone.transformer_layers, caches):
-            x, cache = layer(
+        for layer, handle in zip(self.backbone.transformer_layers, cache_handles):
+            x, chunk_cache = layer(
                 x,
                 decoder_attention_mask=attention_mask,
-                self_attention_cache=cache,
+                self_attention_cache=empty_chunk_cache,
                 self_attention_cache_update_index=start_index,
             )
-            updated.append(cache)
+            self._write_cache(handle, cache_rows, chunk_cache)
         hidden = self.backbone.layer_norm(x[:, -1, :])
-        return self.backbone.token_embedding(hidden, reverse=True), updated
+        return self.backbone.token_embedding(hidden, reverse=True)
 
     # --- Gemma 3 -------------------------------------------------------------
     #
@@ -323,29 +363,34 @@ class CausalLanguageModel:
     # norms, two RoPE wavelengths, post-attention and post-feedforward norms,
     # sliding windows) with an explicit mask over the cache.
 
-    def _gemma3_prefill_eager(self, token_ids, caches, key_mask, start_index):
+    def _gemma3_prefill_eager(self, token_ids, empty_chunk_cache, cache_handles, cache_rows,
+                              key_mask, start_index):
         """Reads a chunk of left-padded prompts that ends at the prompt window's end.
 
         Rows of a chunk hold no earlier tokens, so the chunk's queries attend to
-        the chunk's own keys only, not to the whole (empty) cache.
+        the chunk's own keys only, not to the whole (empty) cache. Each layer's
+        keys and values go into rows `cache_rows` of its cache variable as soon as
+        the layer has run. `empty_chunk_cache` is unused: the Llama prefill's
+        signature, so both share the caller.
         """
+        del empty_chunk_cache
         tf = self._tf
         x = self._gemma3_embed(token_ids)
         length = tf.shape(token_ids)[1]
         positions = start_index + tf.range(length)
         chunk_mask = key_mask[:, start_index:start_index + length]
         visible = self._gemma3_visibility(chunk_mask, positions, positions)
-        updated = []
-        for layer, cache in zip(self.backbone.transformer_layers, caches):
+        after = tf.shape(key_mask)[1] - start_index - length
+        for layer, handle in zip(self.backbone.transformer_layers, cache_handles):
             hidden = layer.pre_attention_norm(x)
             query, key, value = self._gemma3_projections(layer.attention, hidden, start_index)
-            after = tf.shape(cache)[2] - start_index - length
-            updated.append(tf.pad(tf.stack([key, value], axis=1),
-                                  [[0, 0], [0, 0], [start_index, after], [0, 0], [0, 0]]))
+            self._write_cache(handle, cache_rows, tf.pad(
+                tf.stack([key, value], axis=1),
+                [[0, 0], [0, 0], [start_index, after], [0, 0], [0, 0]]))
             x = self._gemma3_block_rest(layer, x, query, key, value,
                                         visible[layer.attention.use_sliding_window_attention])
         hidden = self.backbone.layer_norm(x[:, -1, :])
-        return self.backbone.token_embedding(hidden, reverse=True), updated
+        return self.backbone.token_embedding(hidden, reverse=True)
 
     def _gemma3_decode_step_eager(self, token_ids, cache_handles, key_mask, start_index):
         """One token per row through every Gemma 3 block, the cache updated in place."""

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,50 @@ def test_cached_decoding_matches_recomputation_for_mixed_prompt_lengths(tiny_lm)
     lengths = {len(tiny_lm.encode(p)) for p in MIXED_PROMPTS}
     assert len(lengths) == len(MIXED_PROMPTS)
     assert _cached_vs_recomputed(tiny_lm, MIXED_PROMPTS, steps=6) <= 1e-3
+
+
+def test_cached_decoding_matches_recomputation_across_prefill_chunks(tiny_lm):
+    # More rows than one prefill chunk: each chunk's layers write their keys and values
+    # straight into their own rows of the cache, at their own chunk length.
+    from offline_models.causal_lm import PREFILL_ROWS
+
+    prompts = MIXED_PROMPTS * 3
+    assert len(prompts) > PREFILL_ROWS
+    assert _cached_vs_recomputed(tiny_lm, prompts, steps=4) <= 1e-3
+
+
+def test_a_smaller_call_after_a_larger_one_gives_the_logits_of_a_fresh_model(tiny_lm):
+    fresh = CausalLanguageModel(tiny_lm.keras_model)
+    small = [tiny_lm.encode(p) for p in MIXED_PROMPTS[:2]]
+    tiny_lm.start([tiny_lm.encode(p) for p in MIXED_PROMPTS * 3], max_new_tokens=9)
+    after_large, from_fresh = tiny_lm.start(small, 3), fresh.start(small, 3)
+    np.testing.assert_array_equal(after_large.logits, from_fresh.logits)
+    for token in (5, 77):
+        np.testing.assert_array_equal(tiny_lm.advance(after_large, [token, token]),
+                                      fresh.advance(from_fresh, [token, token]))
+
+
+def test_freed_heap_blocks_are_handed_back_to_the_system():
+    import platform
+
+    from offline_models.causal_lm import release_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+
+    def resident_bytes():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    # Blocks under malloc's mmap threshold live in its heap; one kept above them
+    # stops free() from shrinking the heap by itself, as a live tensor does in a run.
+    blocks = [bytearray(64 * 1024) for _ in range(1024)]
+    above = bytearray(64 * 1024)
+    del blocks
+    before = resident_bytes()
+    assert release_freed_memory()
+    assert before - resident_bytes() > 32 * 2**20
+    del above
 
 
 TINY_GEMMA3_WINDOW = 4

@@ -86,9 +86,12 @@ PE_VARIANTS = {
         "--pe_variation": "fill_in", "--pe_variation_template":
             "Yelp review with blanks ({label}):\n{text}\n\n"
             "The same Yelp review with every blank filled in ({label}):\n"},
-    "private_evolution+all": {"--pe_candidates": "4", "--pe_rounds": "6",
-                              "--pe_variation": "fill_in"},
 }
+# Every lever at once: more candidates, more rounds, the cooler temperature and the best
+# variation prompt other than the template (the Yelp rephrase).
+PE_VARIANTS["private_evolution+all"] = {
+    **PE_VARIANTS["private_evolution+candidates4"], **PE_VARIANTS["private_evolution+rounds6"],
+    **PE_VARIANTS["private_evolution+cool"], **PE_VARIANTS["private_evolution+rephrase_yelp"]}
 METHODS = ("uniform+mean", "public_centers+mean", "public_centers+median",
            "dp_kmeans+median", "public_centers+median_ptr", *PE_VARIANTS,
            "uniform+embeddings", "dp_kmeans+embeddings", "public_prompt", "non_private")

@@ -289,17 +289,18 @@ class _CtrlCWatch:
         self._previous = None
 
     def __enter__(self):
+        # Only where Ctrl-C would interrupt anyway: a process that ignores SIGINT (or
+        # leaves it to the system) keeps doing so.
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._on_sigint)
+            previous = signal.getsignal(signal.SIGINT)
+            if callable(previous):
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def _on_sigint(self, signum, frame):
         self.pressed = True
-        if callable(self._previous):
-            self._previous(signum, frame)
-        else:
-            raise KeyboardInterrupt
+        self._previous(signum, frame)
 
     def __exit__(self, *exc):
         if self._previous is not None:

@@ -228,7 +228,13 @@ def test_ctrl_c_that_beam_rewraps_as_runtime_error_is_still_an_interruption(tmp_
 
     out = tmp_path / "out"
     monkeypatch.setattr(beam.Pipeline, "run", rewrapped)
-    with pytest.raises(KeyboardInterrupt):
-        run_module.run(tiny_args(reviews, out, "--clustering", "uniform"), say=lambda _: None)
+    # Python's own handler, as in a fresh `dpsynth` process, whatever earlier tests left.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_module.run(tiny_args(reviews, out, "--clustering", "uniform"),
+                           say=lambda _: None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert not glob.glob(str(out / ".staging-*"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

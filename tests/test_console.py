@@ -111,9 +111,12 @@ def _dpsynth(*args):
     terminal's Ctrl-C goes to the whole group), and without the TensorFlow log level
     that conftest.py sets for the tests' own process."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
+    # With Ctrl-C's default action, as from a terminal: a test run started in the
+    # background of a script ignores SIGINT, and a child would inherit that.
     return subprocess.Popen([sys.executable, "-m", "beam_pipeline.cli", *args], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_the_console_shows_phases_and_the_outcome_and_no_native_lines(tmp_path, reviews):

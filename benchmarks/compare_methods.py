@@ -691,6 +691,14 @@ def _write(output: Path, args, delta, rows) -> None:
     (output / "compare.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def _plotted_epsilon(row) -> float:
+    """Where a row sits on the plot's epsilon axis: calibrated rows at their target (their
+    formal epsilon is within a percent of it, and rows of one target share one tick), the
+    others at their formal epsilon."""
+    formal = row["epsilon_formal"]
+    return float(row["epsilon_target"] or (math.inf if formal == "inf" else formal))
+
+
 def _plot(rows, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -702,6 +710,11 @@ def _plot(rows, path: Path) -> None:
               ("category_balanced_accuracy", "category balanced accuracy, trained on synthetic")]
     figure, axes = plt.subplots(1, 3, figsize=(16, 5.5))
     groups = _groups(rows)
+    # Ticks at the epsilons that ran, not the log axis's own: with every row at one
+    # epsilon its own ticks repeat one label.
+    ticks = sorted({_plotted_epsilon(r) for r in rows
+                    if r["method"] not in ("non_private", "public_prompt")
+                    and isinstance(r["epsilon_formal"], (int, float))})
     for (metric, title), axis in zip(panels, axes):
         for method in dict.fromkeys(r["method"] for r in rows):
             points = []
@@ -709,13 +722,8 @@ def _plot(rows, path: Path) -> None:
                 if group[0]["method"] != method:
                     continue
                 mean, sd = _spread([r.get(metric) for r in group])
-                formal = group[0]["epsilon_formal"]
-                formal = math.inf if formal == "inf" else formal
-                # Calibrated rows sit at their target (their formal epsilon is within a
-                # percent of it), so that rows of one target share one tick.
-                where = group[0]["epsilon_target"] or formal
                 if mean is not None:
-                    points.append((where, mean, sd or 0.0,
+                    points.append((_plotted_epsilon(group[0]), mean, sd or 0.0,
                                    _spread([r.get("epsilon_ex_post_max") for r in group])[0]))
             if not points:
                 continue
@@ -743,13 +751,8 @@ def _plot(rows, path: Path) -> None:
                           color=container.lines[0].get_color(),
                           label=f"{method} (ex-post max, not formal)")
         axis.set_xscale("log")
-        # Ticks at the epsilons that ran, not the log axis's own: with every row at one
-        # epsilon its own ticks repeat one label.
-        plotted = sorted({float(r["epsilon_target"] or r["epsilon_formal"]) for r in rows
-                          if r["method"] not in ("non_private", "public_prompt")
-                          and isinstance(r["epsilon_formal"], (int, float))})
-        if plotted:
-            axis.set_xticks(plotted, [f"{value:.3g}" for value in plotted])
+        if ticks:
+            axis.set_xticks(ticks, [f"{value:.3g}" for value in ticks])
             axis.minorticks_off()
         axis.set_xlabel("epsilon (formal, at the target; hollow squares: ex-post, not formal)")
         axis.set_title(title, fontsize=9)

@@ -20,7 +20,12 @@ large numpy and a large TensorFlow matmul, measured here too), and peak RSS.
 Model FLOPs count useful work only: 2 x parameters per real prompt token
 (padding excluded), the vocabulary head at the last prompt position and at
 every decoded token, and attention over the real context (within the window
-for sliding-window layers).
+for sliding-window layers). In the private loop a member row's decoded token
+needs the head on the public row's top-k columns only, and is counted so.
+
+After the table, a profile of the private loop: prefill and decode against
+the model's own matmuls alone at the same shapes (the most any engine could
+reach here), the head over member rows, and attention over the cache alone.
 
 `--quick` runs two small batches, 4 new tokens and a small matmul, without
 the HF venv: a smoke run for tests and tiny models.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import resource
@@ -38,6 +44,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -121,6 +129,7 @@ def main(argv=None) -> int:
     # The machine's peak is the best either library shows: on AVX-512 cores
     # oneDNN's matmul can beat numpy's BLAS by 2x, and the model runs on oneDNN.
     print_table(rows, max(peak.values()), hf["wall"] if hf else None)
+    print_profile(lm, rows[0], rows_per_call[0], args.batches_per_call, max(peak.values()))
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"\npeak RSS: this process {own_peak:.2f} GB" + (
         f"; HF process {hf['peak_rss_gb']:.2f} GB ({hf['threads']} torch threads, "
@@ -181,7 +190,10 @@ def _run(name, lm, request_calls) -> dict:
     return {"engine": name, "wall": wall, "prefill": lm.prefill_seconds,
             "decode": lm.decode_seconds, "rest": wall - lm.prefill_seconds - lm.decode_seconds,
             "row_tokens": lm.row_tokens, "synthetic": sum(len(r.token_ids) for r in results),
-            "flops": lm.flops}
+            "flops": lm.flops, "prefill_tokens": lm.prefill_tokens,
+            "prefill_rows": lm.prefill_rows, "decode_steps": lm.decode_steps,
+            "prefill_flops": lm.prefill_flops, "decode_flops": lm.decode_flops,
+            "cache_lengths": list(lm.cache_lengths)}
 
 
 def _warm_up(lm, calls, new_tokens):
@@ -193,9 +205,13 @@ def _warm_up(lm, calls, new_tokens):
     for call in calls:
         prompts = [lm.encode(p) for batch in call for p in batch]
         longest = max(prompts, key=len)
-        state = lm.start([longest] + [longest[-1:]] * (len(prompts) - 1),
-                         max_new_tokens=max(1, new_tokens - 1))
-        lm.advance(state, [0] * len(prompts))
+        # The private loop's steps compute the head for the public rows only (the
+        # last of each batch), the plain generation's for every row: two shapes.
+        public_rows = list(itertools.accumulate(len(batch) for batch in call))
+        for full_rows in (None, [row - 1 for row in public_rows]):
+            state = lm.start([longest] + [longest[-1:]] * (len(prompts) - 1),
+                             max_new_tokens=max(1, new_tokens - 1), full_rows=full_rows)
+            lm.advance(state, [0] * len(prompts))
 
 
 # ------------------------------------------------------------ time and FLOPs
@@ -234,6 +250,147 @@ class FlopCounter:
         return total
 
 
+class MatmulBound:
+    """The model's own matmuls alone, at the engine's shapes: the most any engine can reach.
+
+    One compiled call multiplies an (m, in) input by every kernel of every block and
+    by the vocabulary head, each weight read once as in a real step, and nothing else:
+    no attention over the cache, norms, rotary embeddings, activations or copies. Its
+    FLOP/s at m = rows of a decoding step, or at m = token rows of a prefill chunk, is
+    the ceiling of model-FLOP utilisation at that shape on this machine.
+    """
+
+    def __init__(self, lm):
+        from offline_models.loading import use_tensorflow_backend
+
+        use_tensorflow_backend()
+        import tensorflow as tf
+
+        self._tf = tf
+        self.hidden = int(lm.backbone.hidden_dim)
+        self.kernels = []
+        for layer in lm.backbone.transformer_layers:
+            for weight in layer.weights:
+                shape = tuple(int(d) for d in weight.shape)
+                if len(shape) < 2:
+                    continue
+                # EinsumDense kernels: (hidden, heads, dim) in, (heads, dim, hidden) out.
+                rows = shape[0] if shape[0] == self.hidden else int(np.prod(shape[:-1]))
+                self.kernels.append(tf.reshape(tf.convert_to_tensor(weight), (rows, -1)))
+        self.head = tf.convert_to_tensor(lm.backbone.token_embedding.embeddings)
+        self.body_flops_per_row = sum(2 * int(k.shape[0]) * int(k.shape[1])
+                                      for k in self.kernels)
+        self.head_flops_per_row = 2 * int(self.head.shape[0]) * int(self.head.shape[1])
+        self._compiled = tf.function(self._matmuls, jit_compile=True)
+
+    def _matmuls(self, inputs, head_rows):
+        tf = self._tf
+        # Summing every product keeps each one live; the sum itself is a negligible pass.
+        total = tf.add_n([tf.reduce_sum(tf.linalg.matmul(inputs[int(k.shape[0])], k))
+                          for k in self.kernels])
+        head = tf.linalg.matmul(inputs[self.hidden][:head_rows], self.head, transpose_b=True)
+        return total + tf.reduce_sum(head)
+
+    def seconds(self, rows: int, head_rows: int, repeats: int = 5) -> float:
+        """Best-of-`repeats` wall time of one call at `rows` input rows."""
+        tf = self._tf
+        rng = np.random.default_rng(0)
+        inputs = {width: tf.constant(rng.standard_normal((rows, width), dtype=np.float32))
+                  for width in {int(k.shape[0]) for k in self.kernels} | {self.hidden}}
+        self._compiled(inputs, head_rows).numpy()
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self._compiled(inputs, head_rows).numpy()
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    def flops(self, rows: int, head_rows: int) -> int:
+        return rows * self.body_flops_per_row + head_rows * self.head_flops_per_row
+
+
+def attention_seconds(lm, rows: int, cache_length: int, repeats: int = 5) -> float:
+    """One decoding step's attention over a full cache, alone: every layer's queries
+    against its keys and values, as the decoding step computes it, and nothing else."""
+    import tensorflow as tf
+
+    shape = lm._layer_cache_shape(rows, cache_length)
+    heads, head_dim = shape[3], shape[4]
+    groups = int(lm.backbone.num_query_heads) // heads
+    rng = np.random.default_rng(0)
+    caches = [tf.constant(rng.standard_normal(shape, dtype=np.float32))
+              for _ in lm.backbone.transformer_layers]
+    query = tf.constant(rng.standard_normal((rows, heads, groups, head_dim), dtype=np.float32))
+
+    @tf.function(jit_compile=True)
+    def attend(query):
+        total = 0.0
+        for cache in caches:
+            scores = tf.einsum("bkgd,btkd->bkgt", query, cache[:, 0])
+            weights = tf.nn.softmax(scores, axis=-1)
+            total += tf.reduce_sum(tf.einsum("bkgt,btkd->bkgd", weights, cache[:, 1]))
+        return total
+
+    attend(query).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        attend(query).numpy()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def print_profile(lm, private_row, rows_per_call, requests_per_call, peak_flops):
+    """Where the private loop's time goes, against the matmuls alone at the same shapes."""
+    from offline_models import causal_lm
+
+    bound = MatmulBound(lm)
+    decode_rows = causal_lm._round_up(rows_per_call, causal_lm.ROW_BUCKET)
+    # The loop's steps run the whole head on the public rows only.
+    step_alone = bound.seconds(decode_rows, requests_per_call)
+    step_alone_every_head = bound.seconds(decode_rows, decode_rows)
+    tokens_per_row = max(1, round(private_row["prefill_tokens"] / max(1, private_row["prefill_rows"])))
+    chunk_rows = causal_lm.PREFILL_ROWS * tokens_per_row
+    chunk_alone = bound.seconds(chunk_rows, causal_lm.PREFILL_ROWS)
+    steps = max(1, private_row["decode_steps"])
+    prefill_alone = chunk_alone * private_row["prefill_tokens"] / chunk_rows
+    decode_alone = step_alone * steps
+    print(f"\nwhere the private loop's time goes ({lm.backbone.__class__.__name__}); 'matmuls "
+          "alone' is the model's own kernels multiplied at the same shapes in one compiled "
+          "call, nothing else, best of 5, measured now:")
+    columns = ("phase", "shape", "model TFLOP", "measured s", "MFU %", "matmuls alone s",
+               "matmuls alone: % of peak", "rest s")
+    print(" | ".join(columns))
+    print(" | ".join("---" for _ in columns))
+    for name, shape, flops, measured, alone, rate in (
+            ("prefill", f"chunks of {causal_lm.PREFILL_ROWS} rows x ~{tokens_per_row} tokens",
+             private_row["prefill_flops"], private_row["prefill"], prefill_alone,
+             bound.flops(chunk_rows, causal_lm.PREFILL_ROWS) / chunk_alone),
+            ("decode", f"{steps} steps of {decode_rows} rows x 1 token",
+             private_row["decode_flops"], private_row["decode"], decode_alone,
+             bound.flops(decode_rows, requests_per_call) / step_alone)):
+        print(" | ".join((name, shape, f"{flops / 1e12:.2f}", f"{measured:.2f}",
+                          f"{100 * flops / measured / peak_flops:.0f}", f"{alone:.2f}",
+                          f"{100 * rate / peak_flops:.0f}", f"{measured - alone:.2f}")),
+              flush=True)
+    cache_length = max(private_row["cache_lengths"] or [0])
+    print(f"decode step: {1e3 * private_row['decode'] / steps:.1f} ms measured; matmuls alone "
+          f"{1e3 * step_alone:.1f} ms with the head on the {requests_per_call} public rows "
+          f"only, as the loop runs it; the head over the {decode_rows - requests_per_call} "
+          f"member rows too would add {1e3 * (step_alone_every_head - step_alone):.1f} ms")
+    if cache_length:
+        kv_bytes = 4 * int(np.prod(lm._layer_cache_shape(decode_rows, cache_length))) * len(
+            lm.backbone.transformer_layers)
+        attention = attention_seconds(lm, decode_rows, cache_length)
+        counter = FlopCounter(lm)
+        row_flops = counter.per_token + counter.head + counter.attention(cache_length)
+        print(f"decode step: attention over the {cache_length}-slot cache alone "
+              f"{1e3 * attention:.1f} ms, reading {kv_bytes / 1e6:.0f} MB of keys and values "
+              f"({kv_bytes / attention / 1e9:.1f} GB/s), while model FLOPs count attention "
+              f"as {100 * counter.attention(cache_length) / row_flops:.0f}% of a decoded "
+              "token's work")
+
+
 class TimedLM:
     """The model as `generate_jointly` sees it, with prefill and decode clocks."""
 
@@ -244,13 +401,22 @@ class TimedLM:
     def reset(self):
         self.prefill_seconds = self.decode_seconds = 0.0
         self.row_tokens = self.flops = 0
+        self.prefill_tokens = self.prefill_rows = self.decode_steps = 0
+        self.prefill_flops = self.decode_flops = 0
+        self.cache_lengths = []
 
-    def start(self, prompts, max_new_tokens):
+    def start(self, prompts, max_new_tokens, full_rows=None):
         started = time.perf_counter()
-        state = self._lm.start(prompts, max_new_tokens)
+        state = self._lm.start(prompts, max_new_tokens, full_rows=full_rows)
         self.prefill_seconds += time.perf_counter() - started
-        self.flops += self._counter.call_flops([len(p) for p in prompts], 0)
+        flops = self._counter.call_flops([len(p) for p in prompts], 0)
+        self.flops += flops
+        self.prefill_flops += flops
+        if state.caches is not None:
+            self.cache_lengths.append(state.cache_length)
         self.row_tokens += len(prompts)
+        self.prefill_tokens += sum(len(p) for p in prompts)
+        self.prefill_rows += len(prompts)
         return state
 
     def advance(self, state, next_tokens):
@@ -259,9 +425,15 @@ class TimedLM:
         logits = self._lm.advance(state, next_tokens)
         self.decode_seconds += time.perf_counter() - started
         counter = self._counter
-        self.flops += sum(counter.per_token + counter.head + counter.attention(c + 1)
-                          for c in context)
+        flops = sum(counter.per_token + counter.head + counter.attention(c + 1) for c in context)
+        if state.full_rows is not None:
+            # Rows outside full_rows need only the TOP_K columns their chooser reads.
+            flops -= (len(context) - len(state.full_rows)) * (
+                counter.head - 2 * counter.hidden * TOP_K)
+        self.flops += flops
+        self.decode_flops += flops
         self.row_tokens += len(context)
+        self.decode_steps += 1
         return logits
 
     def __getattr__(self, name):
@@ -287,8 +459,6 @@ def _threads(count: int) -> str:
 
 def matmul_peak(size: int) -> dict:
     """Best-of-3 fp32 matmul FLOP/s of numpy and of TensorFlow on this machine, now."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)

@@ -88,6 +88,12 @@ class PrivateTokenChooser:
     def test_failed(self) -> bool:
         return self._stability_test is not None and self._stability_test.failed
 
+    @property
+    def reads_other_rows_on_last_rows_columns(self) -> bool:
+        """With a top-k mask every rule reads the members on the public row's top-k
+        columns only (see `choose`), so the model need not compute the rest."""
+        return bool(self.config.top_k)
+
     def _rng(self, step, purpose):
         return keyed_generator(self._secret, GENERATION_STAGE, self.batch_id, step, purpose)
 

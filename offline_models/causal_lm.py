@@ -17,6 +17,7 @@ their windows unchanged too.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import dataclasses
@@ -72,11 +73,68 @@ class DecodeState:
     key_mask: object | None    # (rows, cache_length) 1 where a key is a real token
     next_index: int            # cache index the next fed token is written to
     cache_length: int
-    logits: np.ndarray         # (rows, vocabulary) for the next token
+    logits: np.ndarray         # (rows, vocabulary) for the next token, or RowLogits
+    full_rows: np.ndarray | None = None   # rows with whole-vocabulary logits (None: all)
 
     @property
     def steps_left(self) -> int:
         return self.cache_length - self.next_index
+
+
+class RowLogits:
+    """Next-token logits of a step: some rows over the whole vocabulary, the others
+    computed on request for the columns asked.
+
+    Indexes like the (rows, vocabulary) array it stands for, in the ways a chooser
+    reads one: `logits[i]` (a row), `logits[a:b]` (a view of rows) and
+    `logits[:, columns]` (some columns of every row, with `columns` an index array).
+    `np.asarray(logits)` computes the whole array.
+    """
+
+    def __init__(self, lm, hidden, full_logits, full_rows):
+        self._lm, self._hidden = lm, hidden
+        self._full_logits = full_logits
+        self._full_position = {int(r): i for i, r in enumerate(full_rows)}
+        self._rows = np.arange(len(hidden))
+
+    @property
+    def shape(self):
+        return (len(self._rows), self._lm.vocabulary_size)
+
+    def __len__(self):
+        return len(self._rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            view = copy.copy(self)
+            view._rows = self._rows[key]
+            return view
+        if isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None):
+            return self._columns(self._rows, np.asarray(key[1]))
+        if isinstance(key, (int, np.integer)):
+            return self._columns(self._rows[[key]], None)[0]
+        raise TypeError(f"RowLogits does not take the index {key!r}")
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self._columns(self._rows, None)
+        return whole if dtype is None else whole.astype(dtype)
+
+    def _columns(self, rows, columns):
+        width = self._lm.vocabulary_size if columns is None else len(columns)
+        out = np.empty((len(rows), width), dtype=self._full_logits.dtype)
+        computed = []
+        for i, row in enumerate(rows):
+            position = self._full_position.get(int(row))
+            if position is None:
+                computed.append(i)
+            else:
+                full = self._full_logits[position]
+                out[i] = full if columns is None else full[columns]
+        if computed:
+            every_column = np.arange(self._lm.vocabulary_size) if columns is None else columns
+            out[computed] = self._lm.logits_on_columns(self._hidden[rows[computed]],
+                                                       every_column)
+        return out
 
 
 class CausalLanguageModel:
@@ -180,16 +238,24 @@ class CausalLanguageModel:
 
     # --- cached decoding -------------------------------------------------------
 
-    def start(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> DecodeState:
+    def start(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+              full_rows: Sequence[int] | None = None) -> DecodeState:
         """Reads the prompts and returns a state whose `.logits` predict token 1.
 
         The cache has room for `max_new_tokens` fed tokens after the prompts.
+        `full_rows`: the rows whose logits over the whole vocabulary the caller
+        reads at every step (None: all). Decoding steps then return the other
+        rows' logits as `RowLogits`, computed on the columns the caller asks for.
         """
         _check_nonempty(prompts)
+        if full_rows is not None:
+            full_rows = np.asarray(sorted(set(int(r) for r in full_rows)), dtype="int32")
+            if len(full_rows) and not 0 <= full_rows[0] <= full_rows[-1] < len(prompts):
+                raise ValueError(f"full_rows must index the {len(prompts)} prompts")
         if not self.cached:
             sequences = [list(p) for p in prompts]
             return DecodeState(sequences, None, None, 0, max_new_tokens,
-                               self.next_token_logits(sequences))
+                               self.next_token_logits(sequences))  # full_rows: all rows
         tf = self._tf
         prompt_length = _round_up(max(len(p) for p in prompts), PROMPT_LENGTH_BUCKET)
         cache_length = _round_up(prompt_length + max_new_tokens, CACHE_LENGTH_BUCKET)
@@ -237,7 +303,7 @@ class CausalLanguageModel:
         # The decoding steps allocate differently sized blocks than the prefill.
         release_freed_memory()
         return DecodeState([list(p) for p in prompts], caches, tf.constant(key_mask),
-                           prompt_length, cache_length, logits[:len(prompts)])
+                           prompt_length, cache_length, logits[:len(prompts)], full_rows)
 
     def advance(self, state: DecodeState, next_tokens: Sequence[int]) -> np.ndarray:
         """Feeds one token per row; updates `state` and returns the new logits."""
@@ -253,15 +319,53 @@ class CausalLanguageModel:
             state.logits = self.next_token_logits(state.sequences)
             return state.logits
         tf = self._tf
-        padded = np.zeros(int(state.key_mask.shape[0]), dtype="int32")
+        rows = int(state.key_mask.shape[0])
+        padded = np.zeros(rows, dtype="int32")
         padded[:len(next_tokens)] = next_tokens
-        logits = self._decode_step(
+        full_rows = np.arange(rows) if state.full_rows is None else state.full_rows
+        # Padding rows, and copies of row 0 that fill the list of full rows up to a
+        # multiple of ROW_BUCKET, keep the compiled shapes few.
+        padded_full_rows = np.zeros(_round_up(len(full_rows), ROW_BUCKET), dtype="int32")
+        padded_full_rows[:len(full_rows)] = full_rows
+        hidden, logits = self._decode_step(
             tf.constant(padded[:, None]), [cache.handle for cache in state.caches],
-            state.key_mask,
-            tf.constant(state.next_index, dtype="int32"))
+            state.key_mask, tf.constant(state.next_index, dtype="int32"),
+            tf.constant(padded_full_rows))
         state.next_index += 1
-        state.logits = logits.numpy()[:len(next_tokens)]
+        if state.full_rows is None:
+            state.logits = logits.numpy()[:len(next_tokens)]
+        else:
+            state.logits = RowLogits(self, hidden.numpy()[:len(next_tokens)],
+                                     logits.numpy()[:len(full_rows)], full_rows)
         return state.logits
+
+    def _step_outputs(self, x, full_rows):
+        """The final hidden state of every row, and the whole-vocabulary logits of the
+        rows in `full_rows` only: the head is a large share of a decoding step (a fifth
+        of SmolLM2's weights, a third of Gemma 3's), and rows whose chooser reads a few
+        columns get those from the hidden state instead (`RowLogits`)."""
+        hidden = self.backbone.layer_norm(x[:, -1, :])
+        return hidden, self.backbone.token_embedding(
+            self._tf.gather(hidden, full_rows), reverse=True)
+
+    def logits_on_columns(self, hidden, columns) -> np.ndarray:
+        """Logits of the vocabulary entries `columns` from final hidden states (rows, hidden):
+        the head's arithmetic on those columns only."""
+        tf = self._tf
+        embedding = self.backbone.token_embedding
+        columns = tf.constant(np.asarray(columns, dtype="int32"))
+        if embedding.tie_weights:
+            kernel = tf.gather(embedding.embeddings, columns)
+        else:
+            kernel = tf.transpose(tf.gather(embedding.reverse_embeddings, columns, axis=1))
+        hidden = tf.constant(np.asarray(hidden))
+        if embedding.reverse_dtype is not None:
+            hidden = tf.cast(hidden, embedding.reverse_dtype)
+            kernel = tf.cast(kernel, embedding.reverse_dtype)
+        logits = tf.linalg.matmul(hidden, kernel, transpose_b=True)
+        if embedding.logit_soft_cap is not None:
+            logits = tf.tanh(logits / embedding.logit_soft_cap) * embedding.logit_soft_cap
+        return logits.numpy()
 
     def _write_cache(self, handle, slots, updates):
         """Scatters `updates` into the cache variable behind `handle`, in place.
@@ -284,7 +388,7 @@ class CausalLanguageModel:
     def _read_cache(self, handle):
         return self._tf.raw_ops.ReadVariableOp(resource=handle, dtype=self._tf.float32)
 
-    def _decode_step_eager(self, token_ids, cache_handles, key_mask, start_index):
+    def _decode_step_eager(self, token_ids, cache_handles, key_mask, start_index, full_rows):
         """One token per row through every Llama block, reading the cache in place.
 
         The same arithmetic as the decoder layers' own call, written for one
@@ -327,8 +431,7 @@ class CausalLanguageModel:
             gate = layer.activation(layer._feedforward_gate_dense(hidden))
             x = x + layer._feedforward_output_dense(
                 layer._feedforward_intermediate_dense(hidden) * gate)
-        hidden = self.backbone.layer_norm(x[:, -1, :])
-        return self.backbone.token_embedding(hidden, reverse=True)
+        return self._step_outputs(x, full_rows)
 
     def _prefill_eager(self, token_ids, empty_chunk_cache, cache_handles, cache_rows, key_mask,
                        start_index):
@@ -392,7 +495,8 @@ class CausalLanguageModel:
         hidden = self.backbone.layer_norm(x[:, -1, :])
         return self.backbone.token_embedding(hidden, reverse=True)
 
-    def _gemma3_decode_step_eager(self, token_ids, cache_handles, key_mask, start_index):
+    def _gemma3_decode_step_eager(self, token_ids, cache_handles, key_mask, start_index,
+                                  full_rows):
         """One token per row through every Gemma 3 block, the cache updated in place."""
         tf = self._tf
         x = self._gemma3_embed(token_ids)                              # (rows, 1, hidden)
@@ -407,8 +511,7 @@ class CausalLanguageModel:
             cache = self._read_cache(handle)
             x = self._gemma3_block_rest(layer, x, query, cache[:, 0], cache[:, 1],
                                         visible[layer.attention.use_sliding_window_attention])
-        hidden = self.backbone.layer_norm(x[:, -1, :])
-        return self.backbone.token_embedding(hidden, reverse=True)
+        return self._step_outputs(x, full_rows)
 
     def _gemma3_embed(self, token_ids):
         tf = self._tf

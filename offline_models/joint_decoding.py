@@ -22,6 +22,12 @@ class TokenChooser(Protocol):
         `logits` is (rows of the request, vocabulary) for the token at `step`.
         """
 
+    # Optional: True when the chooser reads its rows other than the last only at
+    # columns picked from the last row (`logits[-1]`, then `logits[:, columns]`).
+    # The model then skips the vocabulary head for those rows and computes the
+    # columns asked; the last row and every row of other choosers stay whole.
+    reads_other_rows_on_last_rows_columns: bool
+
 
 @dataclasses.dataclass
 class GenerationRequest:
@@ -55,8 +61,14 @@ def generate_jointly(lm, requests: Sequence[GenerationRequest]) -> list[Generati
         row_slices.append(slice(len(prompts), len(prompts) + len(request.prompts)))
         prompts.extend(lm.encode(p) if isinstance(p, str) else list(p) for p in request.prompts)
     longest = max(r.max_new_tokens for r in requests)
+    full_rows = [row for request, rows in zip(requests, row_slices)
+                 for row in (range(rows.stop - 1, rows.stop)
+                             if getattr(request.chooser, "reads_other_rows_on_last_rows_columns",
+                                        False)
+                             else range(rows.start, rows.stop))]
     # The last chosen token is never fed back, so the cache needs one slot less.
-    state = lm.start(prompts, max_new_tokens=max(1, longest - 1))
+    state = lm.start(prompts, max_new_tokens=max(1, longest - 1),
+                     full_rows=None if len(full_rows) == len(prompts) else full_rows)
     generated = [[] for _ in requests]
     stopped_by = [None] * len(requests)
     filler = np.zeros(len(prompts), dtype="int32")

@@ -244,6 +244,32 @@ def test_engine_quick_prints_the_table_with_every_column(tmp_path, capsys):
     assert int(rows[1][column["row-tokens"]]) == 10 * 4
     assert int(rows[1][column["synthetic tokens"]]) <= 10 * 4
     assert "matmul peak: numpy" in printed and "peak RSS: this process" in printed
+    # The profile splits the private loop's prefill and decode time against the matmuls alone.
+    profile = lines.index(" | ".join(("phase", "shape", "model TFLOP", "measured s", "MFU %",
+                                      "matmuls alone s", "matmuls alone: % of peak", "rest s")))
+    phases = [line.split(" | ") for line in lines[profile + 2:profile + 4]]
+    assert [p[0] for p in phases] == ["prefill", "decode"]
+    private = rows[0]
+    assert float(phases[0][3]) == pytest.approx(float(private[column["prefill s"]]), abs=0.011)
+    assert float(phases[1][3]) == pytest.approx(float(private[column["decode s"]]), abs=0.011)
+    for phase in phases:
+        measured, alone, rest = float(phase[3]), float(phase[5]), float(phase[7])
+        assert alone >= 0 and rest == pytest.approx(measured - alone, abs=0.011)
+    assert "3 steps of 16 rows x 1 token" in phases[1][1]
+    assert "attention over the" in printed and "member rows" in printed
+
+
+def test_matmul_bound_multiplies_every_kernel_of_the_model_once(tiny_lm):
+    """The profile's ceiling runs the model's own matmuls: as many FLOPs a row as the model
+    counts (its norms' scale vectors aside), and the head only on the rows asked."""
+    bound = engine.MatmulBound(tiny_lm)
+    counter = engine.FlopCounter(tiny_lm)
+    norms = sum(int(w.numpy().size) for layer in tiny_lm.backbone.transformer_layers
+                for w in layer.weights if len(w.shape) < 2)
+    assert bound.body_flops_per_row == counter.per_token - 2 * norms
+    assert bound.head_flops_per_row == counter.head
+    assert bound.flops(16, 2) == 16 * bound.body_flops_per_row + 2 * counter.head
+    assert bound.seconds(16, 2, repeats=1) > 0
 
 
 def test_engine_flop_count_matches_the_arithmetic(tiny_lm):

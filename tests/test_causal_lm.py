@@ -207,3 +207,34 @@ def test_a_finished_decoding_frees_its_cache(model, request):
         del state
         gc.collect()
         assert cache() is None, f"the cache of a call with a {length}-token prompt lives on"
+
+
+@pytest.mark.parametrize("model", ["tiny_lm", "tiny_gemma3_lm"])
+def test_rows_outside_full_rows_give_their_logits_on_the_columns_asked(model, request):
+    """A decoding step computes the whole-vocabulary head for `full_rows` only; every other
+    row's logits come from its hidden state on the columns a chooser asks for, and match
+    the logits of the whole head, read any way a chooser reads them."""
+    from offline_models.causal_lm import RowLogits
+
+    lm = request.getfixturevalue(model)
+    prompts = [lm.encode(p) for p in MIXED_PROMPTS + MIXED_PROMPTS[:1]]
+    whole, partial = lm.start(prompts, 4), lm.start(prompts, 4, full_rows=[4, 2])
+    columns = np.array([lm.vocabulary_size - 1, 0, 7, 3])
+    for step, tokens in enumerate(([5, 9, 11, 2, 6], [1, 1, 30, 4, 8], [7, 3, 3, 3, 9])):
+        expected, got = lm.advance(whole, tokens), lm.advance(partial, tokens)
+        assert isinstance(got, RowLogits) and got.shape == expected.shape
+        # The head ran on the two full rows only (padded to a multiple of 8 rows).
+        assert got._full_logits.shape[0] == 2
+        np.testing.assert_allclose(got[:, columns], expected[:, columns], atol=1e-4)
+        np.testing.assert_allclose(got[1:4][:, columns], expected[1:4, columns], atol=1e-4)
+        for row in (-1, 0, 2, 4):
+            np.testing.assert_allclose(got[row], expected[row], atol=1e-4)
+        view = got[:3]
+        np.testing.assert_allclose(view[-1], expected[2], atol=1e-4)
+        np.testing.assert_allclose(np.asarray(view), expected[:3], atol=1e-4)
+        # Full rows are the step's own head output, bit for bit.
+        np.testing.assert_array_equal(got[2], got._full_logits[0])
+    with pytest.raises(TypeError, match="does not take"):
+        got[0, 1]
+    with pytest.raises(ValueError, match="full_rows must index the 5 prompts"):
+        lm.start(prompts, 4, full_rows=[5])

@@ -51,3 +51,46 @@ def test_greedy_generation_matches_stepwise_argmax(tiny_lm):
         if sequence[-1] in tiny_lm.end_token_ids:
             break
     assert result.token_ids == sequence[len(prompt):]
+
+
+def test_a_top_k_private_chooser_lets_the_model_skip_its_members_head(tiny_lm):
+    """PrivateTokenChooser with top-k reads members on the public row's top-k columns only,
+    so the model computes the whole head for the public rows alone; the tokens, and the
+    ledger's figures, are those of whole logits."""
+    from mechanisms.generate import GenerationConfig, PrivateTokenChooser
+
+    class SpyLM:
+        def __init__(self, lm):
+            self.lm, self.full_rows = lm, []
+
+        def start(self, prompts, max_new_tokens, full_rows=None):
+            self.full_rows.append(full_rows)
+            return self.lm.start(prompts, max_new_tokens, full_rows=full_rows)
+
+        def __getattr__(self, name):
+            return getattr(self.lm, name)
+
+    class WholeLogits(PrivateTokenChooser):
+        reads_other_rows_on_last_rows_columns = False
+
+    texts = ["the soup was cold", "great pasta and wine", "slow service, rude staff",
+             "a quiet place for tea", "the best tacos in town", "we waited an hour"]
+    prompts = [[tiny_lm.encode(t) for t in texts[:3]] + [tiny_lm.encode("Review:")],
+               [tiny_lm.encode(t) for t in texts[3:]] + [tiny_lm.encode("A review:")]]
+    config = GenerationConfig(aggregator="median", clip=4.0, temperature=1.0,
+                              expected_batch_size=3, max_new_tokens=8, top_k=6)
+    runs = {}
+    for kind in (PrivateTokenChooser, WholeLogits):
+        spy = SpyLM(tiny_lm)
+        choosers = [kind(config, secret="s", batch_id=f"b{i}") for i in range(2)]
+        results = generate_jointly(spy, [GenerationRequest(i, rows, choosers[i], 8)
+                                         for i, rows in enumerate(prompts)])
+        runs[kind] = (spy.full_rows, [r.token_ids for r in results],
+                      [c.local_sensitivities for c in choosers])
+    partial_rows, partial_tokens, partial_sensitivities = runs[PrivateTokenChooser]
+    whole_rows, whole_tokens, whole_sensitivities = runs[WholeLogits]
+    assert partial_rows == [[3, 7]] and whole_rows == [None]
+    assert partial_tokens == whole_tokens
+    assert partial_tokens[0] != partial_tokens[1]
+    for partial, whole in zip(partial_sensitivities, whole_sensitivities):
+        np.testing.assert_allclose(partial, whole, atol=1e-4)

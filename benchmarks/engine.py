@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     # The machine's peak is the best either library shows: on AVX-512 cores
     # oneDNN's matmul can beat numpy's BLAS by 2x, and the model runs on oneDNN.
     print_table(rows, max(peak.values()), hf["wall"] if hf else None)
-    print_profile(lm, rows[0], rows_per_call[0], args.batches_per_call, max(peak.values()))
+    print_profile(lm, counter, rows[0], rows_per_call[0], args.batches_per_call,
+                  max(peak.values()))
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"\npeak RSS: this process {own_peak:.2f} GB" + (
         f"; HF process {hf['peak_rss_gb']:.2f} GB ({hf['threads']} torch threads, "
@@ -297,13 +298,7 @@ class MatmulBound:
         rng = np.random.default_rng(0)
         inputs = {width: tf.constant(rng.standard_normal((rows, width), dtype=np.float32))
                   for width in {int(k.shape[0]) for k in self.kernels} | {self.hidden}}
-        self._compiled(inputs, head_rows).numpy()
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            self._compiled(inputs, head_rows).numpy()
-            best = min(best, time.perf_counter() - started)
-        return best
+        return best_seconds(lambda: self._compiled(inputs, head_rows).numpy(), repeats)
 
     def flops(self, rows: int, head_rows: int) -> int:
         return rows * self.body_flops_per_row + head_rows * self.head_flops_per_row
@@ -331,16 +326,10 @@ def attention_seconds(lm, rows: int, cache_length: int, repeats: int = 5) -> flo
             total += tf.reduce_sum(tf.einsum("bkgt,btkd->bkgd", weights, cache[:, 1]))
         return total
 
-    attend(query).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        attend(query).numpy()
-        best = min(best, time.perf_counter() - started)
-    return best
+    return best_seconds(lambda: attend(query).numpy(), repeats)
 
 
-def print_profile(lm, private_row, rows_per_call, requests_per_call, peak_flops):
+def print_profile(lm, counter, private_row, rows_per_call, requests_per_call, peak_flops):
     """Where the private loop's time goes, against the matmuls alone at the same shapes."""
     from offline_models import causal_lm
 
@@ -382,7 +371,6 @@ def print_profile(lm, private_row, rows_per_call, requests_per_call, peak_flops)
         kv_bytes = 4 * int(np.prod(lm._layer_cache_shape(decode_rows, cache_length))) * len(
             lm.backbone.transformer_layers)
         attention = attention_seconds(lm, decode_rows, cache_length)
-        counter = FlopCounter(lm)
         row_flops = counter.per_token + counter.head + counter.attention(cache_length)
         print(f"decode step: attention over the {cache_length}-slot cache alone "
               f"{1e3 * attention:.1f} ms, reading {kv_bytes / 1e6:.0f} MB of keys and values "
@@ -464,23 +452,26 @@ def matmul_peak(size: int) -> dict:
     b = rng.standard_normal((size, size), dtype=np.float32)
     flops = 2 * size ** 3
 
-    def best(function):
-        function()
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            function()
-            times.append(time.perf_counter() - started)
-        return flops / min(times)
-
     from offline_models.loading import use_tensorflow_backend
 
     use_tensorflow_backend()
     import tensorflow as tf
 
     ta, tb = tf.constant(a), tf.constant(b)
-    return {"numpy": best(lambda: a @ b),
-            "tensorflow": best(lambda: tf.linalg.matmul(ta, tb).numpy())}
+    return {"numpy": flops / best_seconds(lambda: a @ b, 3),
+            "tensorflow": flops / best_seconds(lambda: tf.linalg.matmul(ta, tb).numpy(), 3)}
+
+
+def best_seconds(function, repeats: int) -> float:
+    """The shortest of `repeats` timed calls, after one untimed call that compiles and
+    allocates."""
+    function()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def print_table(rows, peak_flops, hf_wall):

@@ -61,11 +61,11 @@ def generate_jointly(lm, requests: Sequence[GenerationRequest]) -> list[Generati
         row_slices.append(slice(len(prompts), len(prompts) + len(request.prompts)))
         prompts.extend(lm.encode(p) if isinstance(p, str) else list(p) for p in request.prompts)
     longest = max(r.max_new_tokens for r in requests)
+    # Rows whose whole-vocabulary logits a chooser reads: its last row, or all of them.
     full_rows = [row for request, rows in zip(requests, row_slices)
-                 for row in (range(rows.stop - 1, rows.stop)
-                             if getattr(request.chooser, "reads_other_rows_on_last_rows_columns",
-                                        False)
-                             else range(rows.start, rows.stop))]
+                 for row in range(rows.stop - 1 if getattr(
+                     request.chooser, "reads_other_rows_on_last_rows_columns", False)
+                     else rows.start, rows.stop)]
     # The last chosen token is never fed back, so the cache needs one slot less.
     state = lm.start(prompts, max_new_tokens=max(1, longest - 1),
                      full_rows=None if len(full_rows) == len(prompts) else full_rows)
